@@ -1,0 +1,133 @@
+"""Paper forms, LM stages, nesting, steps and stochastic depth (SPEC §1)."""
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from models.blocks import LearnableStep, LMStage, PaperBlock, PreActSubnet, RKBlock
+from models.measure import count_params
+from search_space import ArchSpec, StageSpec, StepSpec
+
+
+class Affine(nn.Module):
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, y):
+        return self.a * y + self.b
+
+
+def test_paper_midpoint_by_hand():
+    F1, F2 = Affine(2.0, 1.0), Affine(-1.0, 3.0)
+    x = torch.tensor([0.7], dtype=torch.float64)
+    m = F1(x) + x                       # 000 eq. 6
+    expected = F2(m / 2) + x            # 000 eq. 7
+    torch.testing.assert_close(PaperBlock("midpoint", [F1, F2])(x), expected)
+    # ...which is not the canonical midpoint x + F2(x + F1(x)/2)
+    assert not torch.allclose(RKBlock("midpoint", [F1, F2])(x), expected)
+
+
+def test_paper_rk4_by_hand():
+    F = [Affine(0.5, 0.1), Affine(-0.3, 0.2), Affine(0.8, -0.4), Affine(0.1, 0.9)]
+    x = torch.tensor([1.3], dtype=torch.float64)
+    k1 = F[0](x) + x
+    k2 = F[1](k1 / 2) + x
+    k3 = F[2](k2 / 2) + x
+    k4 = F[3](k3) + x
+    expected = x + (k1 + 2 * k2 + 2 * k3 + k4) / 6   # 000 eqs. 8-9: x is carried twice
+    torch.testing.assert_close(PaperBlock("rk4", F)(x), expected)
+    with pytest.raises(ValueError, match="form 'paper' exists for"):
+        PaperBlock("euler", F[:1])
+
+
+def test_lm_stage_recursion_by_hand():
+    """u_{n+1} = (1-k_n) u_n + k_n u_{n-1} + F_n(u_n); first block Euler (002 eq. 5)."""
+    F0, F1, F2 = Affine(0.5, 0.0), Affine(-0.2, 0.1), Affine(0.3, -0.1)
+    first = RKBlock("euler", [F0])
+    stage = LMStage(first, [F1, F2]).double()
+    with torch.no_grad():
+        stage.k.copy_(torch.tensor([-0.05, -0.08]))
+    x = torch.tensor([0.9], dtype=torch.float64)
+    u0, u1 = x, x + F0(x)
+    u2 = (1 + 0.05) * u1 - 0.05 * u0 + F1(u1)
+    u3 = (1 + 0.08) * u2 - 0.08 * u1 + F2(u2)
+    torch.testing.assert_close(stage(x), u3)
+    k = LMStage(first, [F1] * 200).k
+    assert (k >= -0.1).all() and (k <= 0).all() and k.std() > 0.01   # U[-0.1, 0] init
+
+
+def _leaves(net):
+    return sum(isinstance(m, PreActSubnet) for m in net.modules())
+
+
+def test_nesting_keeps_leaves_and_params():
+    """Midpoint x4 (8 leaves) == Nest-Midpoint x4 once (2 blocks of depth 1) == twice (1 of depth 2)."""
+    flat = ArchSpec(stages=(StageSpec("midpoint", blocks=4, width=16),))
+    once = ArchSpec(stages=(StageSpec("midpoint", blocks=2, depth=1, width=16),))
+    twice = ArchSpec(stages=(StageSpec("midpoint", blocks=1, depth=2, width=16),))
+    nets = [models.build(s) for s in (flat, once, twice)]
+    assert [_leaves(n) for n in nets] == [8, 8, 8]
+    assert len({count_params(n) for n in nets}) == 1
+    x = torch.randn(2, 3, 8, 8)
+    outs = [n.eval()(x) for n in nets]
+    assert not torch.allclose(outs[0], outs[1])  # same weights budget, different wiring
+
+
+def test_learnable_step_bounds_and_one_parameter_per_block():
+    step = LearnableStep(1.0)
+    assert float(step()) == pytest.approx(1.0)
+    with torch.no_grad():
+        step.raw.fill_(1e3)
+    assert float(step()) == pytest.approx(4.0)
+    with torch.no_grad():
+        step.raw.fill_(-1e3)
+    assert float(step()) == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="strictly inside"):
+        LearnableStep(4.0)
+    fixed = ArchSpec(stages=(StageSpec("verner8", blocks=2, width=8),))
+    adaptive = dataclasses.replace(fixed, stages=(dataclasses.replace(fixed.stages[0], step=StepSpec("learnable", 1.0)),))
+    assert count_params(models.build(adaptive)) == count_params(models.build(fixed)) + 2
+
+
+def test_fixed_step_out_of_bounds():
+    with pytest.raises(ValueError, match=r"step must lie in \[0.125, 4.0\]"):
+        RKBlock("euler", [nn.Identity()], step=5.0)
+
+
+def test_stochastic_depth_drops_in_training_and_scales_at_eval():
+    f = Affine(1.0, 1.0)
+    block = RKBlock("euler", [f], drop_prob=0.5)
+    x = torch.zeros(4)
+    block.eval()
+    torch.testing.assert_close(block(x), x + 0.5 * f(x))
+    block.train()
+    torch.manual_seed(0)
+    outs = {tuple(block(x).tolist()) for _ in range(50)}
+    assert outs == {tuple(x.tolist()), tuple((x + f(x)).tolist())}
+
+
+def test_stochastic_depth_linear_decay():
+    """Block l of L drops with (l/L)(1 - p_L) (002 §3), counted over the network."""
+    spec = models.presets.get("lm-resnet-56-sd")
+    net = models.build(spec)
+    probs = [p for st in net.stages for m in st for p in getattr(m, "drop_probs", [])]
+    firsts = [m.first.drop_prob for st in net.stages for m in st
+              if isinstance(m, LMStage) and isinstance(m.first, RKBlock)]
+    L = 27
+    assert firsts == [pytest.approx(1 / L * 0.2)]
+    assert probs[-1] == pytest.approx(0.2)  # last block: 1 - p_L with p_L = 0.8
+
+
+def test_lm_keeps_combination_when_f_dropped():
+    F = Affine(0.0, 1.0)
+    stage = LMStage(RKBlock("euler", [Affine(0.0, 0.0)]), [F], drop_probs=[0.999999])
+    with torch.no_grad():
+        stage.k.fill_(-0.1)
+    stage.train()
+    x = torch.ones(1)
+    torch.manual_seed(0)
+    # F dropped: u2 = (1-k) u1 + k u0 with u1 = u0 = x, so exactly x
+    torch.testing.assert_close(stage(x), x)

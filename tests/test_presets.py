@@ -1,0 +1,127 @@
+"""Every registered preset builds, trains one step and matches its paper row.
+
+Parametrised from the registry (``models.presets.names()``): a new preset is
+tested by registering it, and no hand-written list can drift from it.
+"""
+import dataclasses
+import re
+from decimal import Decimal
+
+import pytest
+import torch
+
+import models
+from models import presets
+from models.measure import count_params
+from search_space import ArchSpec
+
+ALL = presets.names()
+
+
+def paper_count(net, convention: str) -> int:
+    if convention == "all":
+        return count_params(net)
+    # "no-bn": convolution and FC parameters only (what 000/001 print)
+    return sum(p.numel() for m in net.modules() if not isinstance(m, torch.nn.BatchNorm2d)
+               for p in m.parameters(recurse=False))
+
+
+def printed_matches(count: int, printed: str) -> bool:
+    """``count`` rounds to the printed value at its printed precision ("1.03M")."""
+    text = printed.split("+")[0].rstrip("M")
+    q = Decimal(text)
+    exponent = q.as_tuple().exponent
+    return (Decimal(count) / Decimal(10 ** 6)).quantize(Decimal(1).scaleb(exponent)) == q
+
+
+def test_registry_names():
+    assert len(ALL) >= 60
+    for name in ALL:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name), name
+    for required in ("ho-rk4-x7", "ho-verner8-adaptive-x2", "lm-resnet-56", "rkcnn-i-2_2_2-k120",
+                     "resnet-110", "ho-nest-midpoint-x8-twice", "ho-verner8-x1-f2.5", "rkcnn-e-5_5_5-k80"):
+        assert required in ALL
+    with pytest.raises(ValueError, match="unknown preset 'ho-rk5-x7'"):
+        presets.get("ho-rk5-x7")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    spec = presets.get(name)
+    small = dataclasses.replace(spec, image_size=16)  # fully convolutional: 16px keeps CPU tests fast
+    net = models.build(small)
+    stochastic = any(s.stochastic_depth for s in spec.stages)
+    net.train(not stochastic)  # a dropped block would (rightly) get no gradient
+    x = torch.randn(2, 3, 16, 16)
+    out = net(x)
+    assert out.shape == (2, 10)
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if presets.info(n).paper_params])
+def test_parameter_count_matches_paper_row(name):
+    info = presets.info(name)
+    net = models.build(presets.get(name), device="meta")
+    count = paper_count(net, info.count)
+    if info.consistent:
+        assert printed_matches(count, info.paper_params), f"{name}: {count:,} vs printed {info.paper_params}"
+    else:
+        # documented self-inconsistent rows of 001 (see models/presets.py)
+        assert not printed_matches(count, info.paper_params)
+
+
+def test_ho_rows_count_conv_and_fc_only():
+    """001 prints 1.03M for Euler x14: conv+FC 1,034,570; with BN affine 1,038,282 (1.04M)."""
+    net = models.build(presets.get("ho-euler-x14"), device="meta")
+    assert paper_count(net, "no-bn") == 1_034_570
+    assert count_params(net) == 1_038_282
+
+
+def test_self_inconsistent_rows_are_the_documented_ones():
+    bad = sorted(n for n in ALL if not presets.info(n).consistent)
+    assert bad == ["ho-euler-x42", "ho-midpoint-paper-x21", "ho-midpoint-x21", "ho-rk4-paper-x10",
+                   "ho-rk4-x10", "ho-verner8-adaptive-x3", "ho-verner8-x3"]
+    # 3.01M for 42 sub-nets and 2.87M for 40 contradict the 73,728 conv params per sub-net of every other row
+    assert paper_count(models.build(presets.get("ho-euler-x42"), device="meta"), "no-bn") == 3_098_954
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_adaptive_verner_has_one_parameter_per_block_more(n):
+    fixed = count_params(models.build(presets.get(f"ho-verner8-x{n}"), device="meta"))
+    adaptive = count_params(models.build(presets.get(f"ho-verner8-adaptive-x{n}"), device="meta"))
+    assert adaptive == fixed + n
+
+
+def test_equal_parameters_across_schemes():
+    """Euler x28, Midpoint x14, RK4 x7, RK8 x2: the same sub-nets, restacked (001)."""
+    counts = {count_params(models.build(presets.get(n), device="meta"))
+              for n in ("ho-euler-x28", "ho-midpoint-x14", "ho-rk4-x7", "ho-verner8-x2", "ho-rk4-paper-x7")}
+    assert counts == {2_074_058}
+
+
+def test_lm_resnet_adds_only_k_per_lm_block():
+    for depth in (20, 56, 110):
+        n = (depth - 2) // 6
+        plain = count_params(models.build(presets.get(f"resnet-{depth}"), device="meta"))
+        lm = count_params(models.build(presets.get(f"lm-resnet-{depth}"), device="meta"))
+        assert lm - plain == 3 * (n - 1)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spec_json_round_trip_rebuilds_the_same_network(name):
+    spec = presets.get(name)
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec
+
+
+def test_same_spec_same_weights():
+    spec = presets.get("resnet-20")
+    a, b = models.build(spec), models.build(spec)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    c = models.build(dataclasses.replace(spec, seed=1))
+    assert not torch.equal(a.stem.weight, c.stem.weight)

@@ -1,0 +1,108 @@
+"""ArchSpec validation and the width solver (SPEC §2-§3)."""
+import dataclasses
+import json
+import random
+
+import pytest
+
+import models
+from search_space import (ArchSpec, BudgetError, SpecError, StageSpec, StepSpec, count_params, parse_budget,
+                          sample_spec, solve_widths)
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"scheme": "rk5"}, r"stages\[0\]\.scheme: 'rk5' is not allowed; allowed: euler"),
+    ({"scheme": "euler", "form": "paper"}, r"stages\[0\]\.form: 'paper' exists only for midpoint, rk4"),
+    ({"scheme": "lm", "depth": 1}, r"stages\[0\]\.depth"),
+    ({"step": {"mode": "fixed", "value": 9}}, r"stages\[0\]\.step\.value: must lie in \[0.125, 4.0\]"),
+    ({"step": {"mode": "adaptive"}}, r"stages\[0\]\.step\.mode: 'adaptive' is not allowed; allowed: fixed, learnable"),
+    ({"blocks": 0}, r"stages\[0\]\.blocks: must be an integer in \[1, 1000\], got 0"),
+    ({"colour": "red"}, r"stages\[0\]\.colour: unknown field; allowed: blocks, depth"),
+    ({"scheme": "verner8", "depth": 2}, r"stages\[0\]\.depth: verner8 nested 2 times has 2744 sub-nets"),
+    ({"scheme": "rkcnn-i", "blocks": 3}, r"stages\[0\]\.blocks: an RKCNN stage is one period"),
+])
+def test_validation_names_the_field_and_the_allowed_values(patch, field):
+    d = ArchSpec(stages=(StageSpec(width=16),)).to_dict()
+    d["stages"][0].update(patch)
+    with pytest.raises(SpecError, match=field):
+        ArchSpec.from_dict(d)
+
+
+def test_top_level_errors():
+    with pytest.raises(SpecError, match=r"transition: 'pool' is not allowed"):
+        ArchSpec.from_dict({"stages": [{"width": 8}], "transition": "pool"})
+    with pytest.raises(SpecError, match="stages: expected a non-empty list"):
+        ArchSpec.from_dict({"stages": []})
+    with pytest.raises(SpecError, match="not valid JSON"):
+        ArchSpec.from_json("{oops")
+    with pytest.raises(SpecError, match=r"stages\[0\]\.width: not set"):
+        models.build(ArchSpec())
+    with pytest.raises(SpecError, match=r"stages\[0\]\.downsample"):
+        ArchSpec(stages=(StageSpec(width=8, downsample=True),)).validate()
+
+
+def test_json_round_trip():
+    spec = ArchSpec(stages=(StageSpec("rk4", 2, form="paper", width=24, step=StepSpec("learnable", 0.5)),
+                            StageSpec("lm", 4, width=48, downsample=True, stochastic_depth=True)),
+                    survival_last=0.8, seed=7)
+    assert ArchSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["stages"][1]["scheme"] == "lm"
+
+
+class RandomTrial:
+    """Stands in for an Optuna trial: search_space never needs Optuna."""
+
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.params = {}
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = self.rng.choice(list(choices))
+        return self.params[name]
+
+    def suggest_int(self, name, low, high):
+        self.params[name] = self.rng.randint(low, high)
+        return self.params[name]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_solver_meets_tolerance_on_sampled_specs(seed):
+    budget = 300_000
+    spec = sample_spec(RandomTrial(seed))
+    assert all(s.width is None for s in spec.stages)
+    try:
+        solved = solve_widths(spec, budget, tolerance=0.02)
+    except BudgetError as e:
+        # refused: the message names the nearest achievable counts, which really miss
+        assert "cannot meet budget 300,000" in str(e)
+        for near in (e.below, e.above):
+            assert near is None or abs(near - budget) > 0.02 * budget
+        return
+    assert all(w % 8 == 0 for w in solved.widths)
+    params = count_params(solved)
+    assert abs(params - budget) <= 0.02 * budget, (solved.widths, params)
+    assert count_params(solved) == sum(p.numel() for p in models.build(solved).parameters())
+
+
+def test_solver_refuses_impossible_budgets():
+    spec = ArchSpec(stages=(StageSpec("verner8", blocks=3),))
+    with pytest.raises(BudgetError, match="nearest achievable: 50,050$") as e:
+        solve_widths(spec, 20_000)
+    assert e.value.below is None and e.value.above > 20_000
+    # 64 channels give 1,038,282 for one Verner block; 1.0M +-2% falls between 56 and 64
+    with pytest.raises(BudgetError, match="nearest achievable: 795,602, 1,038,282"):
+        solve_widths(ArchSpec(stages=(StageSpec("verner8", blocks=1),)), 1_000_000)
+
+
+def test_solver_reproduces_a_paper_width():
+    """At the budget of RK4 x7 (2.07M) a one-stage RK4 x7 gets 64 channels back."""
+    spec = ArchSpec(stages=(StageSpec("rk4", blocks=7),))
+    assert solve_widths(spec, 2_074_058, tolerance=0.005).widths == (64,)
+
+
+def test_parse_budget():
+    assert parse_budget("1.0M") == 1_000_000
+    assert parse_budget("250k") == 250_000
+    assert parse_budget("2e6") == 2_000_000
+    with pytest.raises(SpecError, match="budget: 'lots' is not a parameter count"):
+        parse_budget("lots")
