@@ -54,7 +54,7 @@ class LearnableStep(nn.Module):
         return self.lo + (self.hi - self.lo) * torch.sigmoid(self.raw)
 
     def extra_repr(self) -> str:
-        return f"value={float(self()):.4g}, bounds=({self.lo}, {self.hi})"
+        return f"value={self().item():.4g}, bounds=({self.lo}, {self.hi})"
 
 
 def _step_module(step) -> tuple[float | None, nn.Module | None]:

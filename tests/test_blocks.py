@@ -78,13 +78,13 @@ def test_nesting_keeps_leaves_and_params():
 
 def test_learnable_step_bounds_and_one_parameter_per_block():
     step = LearnableStep(1.0)
-    assert float(step()) == pytest.approx(1.0)
+    assert step().item() == pytest.approx(1.0)
     with torch.no_grad():
         step.raw.fill_(1e3)
-    assert float(step()) == pytest.approx(4.0)
+    assert step().item() == pytest.approx(4.0)
     with torch.no_grad():
         step.raw.fill_(-1e3)
-    assert float(step()) == pytest.approx(0.125)
+    assert step().item() == pytest.approx(0.125)
     with pytest.raises(ValueError, match="strictly inside"):
         LearnableStep(4.0)
     fixed = ArchSpec(stages=(StageSpec("verner8", blocks=2, width=8),))
