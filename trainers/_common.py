@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -456,3 +456,17 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.generic,)):
         return x.item()
     return x
+
+
+class _RunResult:
+    """What the proxy and retrain results share: ``ok`` and a JSON-able
+    ``to_dict`` that leaves the weights (``state_dict``) out."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("state_dict")
+        return _jsonable(d)

@@ -20,13 +20,13 @@ study records the failure and goes on (SPEC §5).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ._common import (_Diverged, _PhaseClock, _cuda_peak, _device_name, _is_oom, _jsonable,
+from ._common import (_Diverged, _RunResult, _PhaseClock, _cuda_peak, _device_name, _is_oom,
                       _make_optimizer, _make_scheduler, _merge_hparams, _normalizer, _oom_reason,
                       _prepare, _autocast, _release_memory, _resolve_device, _seed_everything,
                       _steps_per_epoch, _train_epoch, evaluate)
@@ -61,7 +61,7 @@ DEFAULT_HPARAMS: dict = {
 
 
 @dataclass
-class ProxyResult:
+class ProxyResult(_RunResult):
     """Outcome of one proxy run; :meth:`to_dict` is JSON-able and leaves out ``state_dict``."""
 
     status: str                          # "ok" | "diverged" | "oom"
@@ -84,15 +84,6 @@ class ProxyResult:
     # per epoch: epoch, train_loss, train_accuracy, images, steps, seconds
     history: list[dict] = field(default_factory=list)
     state_dict: dict | None = field(default=None, repr=False, compare=False)  # CPU tensors, when ok
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("state_dict")
-        return _jsonable(d)
 
 
 def train_proxy(make_model: Callable[[], nn.Module], data: Dataset, *, epochs: int | None = None,

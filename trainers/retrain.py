@@ -35,14 +35,14 @@ atomics otherwise change the last bits).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ._common import (_Diverged, _PhaseClock, _atomic_save, _cuda_peak, _device_name, _git_commit,
+from ._common import (_Diverged, _RunResult, _PhaseClock, _atomic_save, _cuda_peak, _device_name, _git_commit,
                       _is_oom, _jsonable, _make_optimizer, _make_scheduler, _merge_hparams,
                       _normalizer, _oom_reason, _release_memory, _resolve_device, _rng_state,
                       _seed_everything, _set_rng_state, _steps_per_epoch, _train_epoch, evaluate)
@@ -114,7 +114,7 @@ def protocol_hparams(protocol: str, *, epochs: int | None = None,
 
 
 @dataclass
-class RetrainResult:
+class RetrainResult(_RunResult):
     """Outcome of a retrain; :meth:`to_dict` is JSON-able and leaves out ``state_dict``."""
 
     status: str                        # "ok" | "diverged" | "oom"
@@ -139,15 +139,6 @@ class RetrainResult:
     resumed_from_epoch: int | None     # completed epochs found in the checkpoint, None if fresh
     checkpoint_path: str
     state_dict: dict | None = field(default=None, repr=False, compare=False)  # CPU tensors, when ok
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("state_dict")
-        return _jsonable(d)
 
 
 def retrain(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str = "fast",
