@@ -102,7 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory objective (SPEC §4)")
     r.add_argument("--enqueue-presets", nargs="*", default=None, metavar="PRESET",
                    help="papers' presets to evaluate as trials (no names: those near the budget)")
-    r.add_argument("--seed", type=int, default=0, help="sampler seed")
+    r.add_argument("--seed", type=int, default=0,
+                   help="sampler seed (give each machine sharing a study its own)")
+    r.add_argument("--eta", type=int, default=None,
+                   help="successive halving: the best 1/ETA of a rung is promoted to ETA x the epochs (default 3)")
+    r.add_argument("--proxy-hparams", default=None, metavar="JSON",
+                   help="overrides of the proxy trainer's hyperparameters, e.g. '{\"lr\": 0.2}' (fixed per study)")
+    r.add_argument("--synthetic-images", type=int, default=None, metavar="N",
+                   help="with --synthetic: training images (validation and test: N/4, at least 64; default 1024)")
+    r.add_argument("--synthetic-image-size", type=int, default=None, metavar="PX",
+                   help="with --synthetic: image side in pixels (default 32)")
+    r.add_argument("--heartbeat", type=int, default=None, metavar="SECONDS",
+                   help="heartbeat interval of running trials (default 60); silent for 3 beats = failed and retried")
+    r.add_argument("--max-retry", type=int, default=None,
+                   help="retries of a trial whose worker died (default 3)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=_study_cmd("run_command"))
 

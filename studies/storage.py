@@ -1,0 +1,315 @@
+"""Where a study lives: storage URLs, heartbeats, and atomic claims (SPEC §6).
+
+* :func:`resolve_url` - ``--storage`` or the default ``sqlite:///<repo>/studies/NAME.db``
+  (absolute, so commands work from any folder; ``STACKNAS_STUDIES_DIR``
+  moves the default folder, which tests use).
+* :func:`open_storage` - an :class:`optuna.storages.RDBStorage` with heartbeats
+  and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`, after
+  checking the URL: a malformed URL, a missing driver or an unreachable server
+  is a one-line :class:`StorageError` (a ``ValueError``), never a traceback.
+* :class:`Claims` - a small table, ``stacknas_claims``, in the same database:
+  inserting a row is an atomic claim in SQLite and PostgreSQL alike (primary
+  key), so a promotion, a retrain or the top-up of a study's trial tickets
+  is done by exactly one worker even when many share the study. A claim
+  carries a heartbeat; one whose holder stopped beating is taken over.
+
+Only relational (SQLAlchemy) URLs are accepted: heartbeats, which find a
+killed worker's trial, exist for Optuna's RDB storage only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "DEFAULT_HEARTBEAT", "DEFAULT_MAX_RETRY", "StorageError",
+           "default_url", "driver_url", "list_study_names", "open_storage", "redact_url", "resolve_url", "studies_dir"]
+
+DEFAULT_HEARTBEAT = 60      # seconds between a running trial's heartbeats
+DEFAULT_GRACE_FACTOR = 3    # a trial silent for this many intervals is failed (and retried)
+DEFAULT_MAX_RETRY = 3       # retries of a trial whose worker died, then it stays FAIL
+_CONNECT_TIMEOUT = 10       # seconds to reach a database server
+
+
+class StorageError(ValueError):
+    """The storage URL cannot be used; the message is one line and says why."""
+
+
+def studies_dir() -> Path:
+    """The folder of default databases, results and retrain runs: ``<repo>/studies``
+    (or ``$STACKNAS_STUDIES_DIR``)."""
+    env = os.environ.get("STACKNAS_STUDIES_DIR")
+    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent
+
+
+def default_url(name: str) -> str:
+    return f"sqlite:///{studies_dir() / (name + '.db')}"
+
+
+def _check_name(name: str) -> str:
+    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise StorageError(f"study name {name!r}: use letters, digits, '.', '_' or '-' "
+                           f"(it names the default database file)")
+    return name
+
+
+def resolve_url(name: str, storage: str | None) -> str:
+    """``storage`` as given, or the default SQLite file of study ``name``."""
+    _check_name(name)
+    return storage if storage else default_url(name)
+
+
+def redact_url(url: str | None) -> str:
+    """The URL with any password replaced by ``***`` (for messages)."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url or "")
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other URLs and in-memory ones)."""
+    m = re.match(r"sqlite(\+\w+)?:///(.*)$", url)
+    if not m:
+        return None
+    path = m.group(2).split("?")[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def _one_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)  # sqlalchemy wraps the driver's error
+    text = str(orig if orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) with the PostgreSQL driver that is installed:
+    psycopg 3 (SQLAlchemy 2.1's default) or psycopg2. Other URLs unchanged."""
+    m = re.match(r"(postgresql|postgres)://", url)
+    if not m:
+        return url
+    import importlib.util
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return dialect + url[len(m.group(1)):]
+    return "postgresql" + url[len(m.group(1)):]
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # several worker processes write to one file: wait for the lock instead of failing
+        return {"connect_args": {"timeout": 60}}
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT}
+    elif url.startswith("mysql"):
+        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT}
+    return kwargs
+
+
+def check_url(url: str, *, create: bool) -> None:
+    """Parse ``url`` and connect once; raise :class:`StorageError` (one line) when that fails.
+    A SQLite file that does not exist is created only with ``create``."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    shown = redact_url(url)
+    url = driver_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - sqlalchemy.exc.ArgumentError and friends
+        raise StorageError(f"storage URL {shown!r} is not a database URL; use e.g. sqlite:///studies/NAME.db "
+                           f"or postgresql://USER:PASSWORD@HOST/DB") from None
+    path = _sqlite_path(url)
+    if parsed.get_backend_name() == "sqlite" and path is not None:
+        if not create and not path.exists():
+            raise StorageError(f"no study database at {path} (check --study / --storage)")
+        if create and not path.parent.is_dir():
+            raise StorageError(f"cannot create {path}: folder {path.parent} does not exist")
+    try:
+        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    except ImportError as e:
+        hint = ""
+        if parsed.get_backend_name() == "postgresql":
+            hint = " (pip install 'psycopg[binary]', or psycopg2-binary for postgresql+psycopg2://)"
+        raise StorageError(f"storage {shown}: database driver missing: {_one_line(e)}{hint}") from None
+    except Exception as e:  # noqa: BLE001 - unknown dialect, bad arguments
+        raise StorageError(f"storage URL {shown!r} cannot be used: {_one_line(e)}") from None
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001 - OperationalError: unreachable, refused, auth, no such db
+        raise StorageError(f"cannot connect to storage {shown}: {_one_line(e)}") from None
+    finally:
+        engine.dispose()
+
+
+def open_storage(url: str, *, heartbeat: int | None = None, grace: int | None = None,
+                 max_retry: int | None = DEFAULT_MAX_RETRY, create: bool = True):
+    """An :class:`optuna.storages.RDBStorage` for ``url``, checked first (:func:`check_url`).
+
+    With ``heartbeat`` (seconds), running trials beat and a trial silent for
+    ``grace`` seconds (default 3 beats) is failed by the next worker that looks
+    and re-queued (``RetryHeartbeatStaleTrialCallback``, ``max_retry`` times)."""
+    import optuna
+
+    check_url(url, create=create)
+    kwargs = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=int(heartbeat),
+                      grace_period=int(grace or DEFAULT_GRACE_FACTOR * int(heartbeat)),
+                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                          max_retry=max_retry))
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=_engine_kwargs(url), **kwargs)
+        except Exception as e:  # noqa: BLE001 - schema version, permissions
+            # two processes creating Optuna's tables in a new database at once: the loser fails
+            # ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
+            # and retries; an error that persists is reported
+            if attempt < 4:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open storage {redact_url(url)}: {_one_line(e)}") from None
+
+
+def list_study_names(url: str | None) -> list[str]:
+    """Study names in a storage; for the default storage (one SQLite file per
+    study) the names of the files in :func:`studies_dir`."""
+    import optuna
+
+    if url is None:
+        return sorted(p.stem for p in studies_dir().glob("*.db"))
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        return []
+    try:
+        return sorted(optuna.get_all_study_names(storage=open_storage(url, create=False)))
+    except StorageError:
+        return []
+
+
+# --------------------------------------------------------------------------
+# claims
+# --------------------------------------------------------------------------
+
+class Claims:
+    """Atomic, heart-beating claims in table ``stacknas_claims`` of the study's database.
+
+    ``try_claim(key)`` inserts ``key`` (primary key): exactly one caller wins.
+    A claim whose holder has not beaten for ``stale_after`` seconds and is
+    not ``done`` may be taken over (conditional UPDATE, again one winner).
+    """
+
+    def __init__(self, url: str, owner: str):
+        import sqlalchemy as sa
+
+        self.owner = owner
+        url = driver_url(url)
+        self.engine = sa.create_engine(url, **_engine_kwargs(url))
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            "stacknas_claims", meta,
+            sa.Column("key", sa.String(512), primary_key=True),
+            sa.Column("owner", sa.String(256), nullable=False),
+            sa.Column("heartbeat", sa.Float, nullable=False),   # unix time of the last beat
+            sa.Column("done", sa.Integer, nullable=False, default=0),
+        )
+        try:
+            meta.create_all(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:   # another process created it at the same moment
+            meta.create_all(self.engine, checkfirst=True)
+
+    def try_claim(self, key: str, stale_after: float) -> bool:
+        import sqlalchemy as sa
+
+        now = time.time()
+        t = self.table
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(t.insert().values(key=key, owner=self.owner, heartbeat=now, done=0))
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as conn:
+            res = conn.execute(t.update()
+                               .where(t.c.key == key, t.c.done == 0, t.c.heartbeat < now - stale_after)
+                               .values(owner=self.owner, heartbeat=now))
+            return res.rowcount == 1
+
+    def beat(self, key: str) -> None:
+        with self.engine.begin() as conn:
+            t = self.table
+            conn.execute(t.update().where(t.c.key == key, t.c.owner == self.owner).values(heartbeat=time.time()))
+
+    def finish(self, key: str) -> None:
+        with self.engine.begin() as conn:
+            t = self.table
+            conn.execute(t.update().where(t.c.key == key, t.c.owner == self.owner)
+                         .values(done=1, heartbeat=time.time()))
+
+    def release(self, key: str) -> None:
+        with self.engine.begin() as conn:
+            t = self.table
+            conn.execute(t.delete().where(t.c.key == key, t.c.owner == self.owner))
+
+    def rows(self, prefix: str) -> list[dict]:
+        """Every claim whose key starts with ``prefix``: key, owner, heartbeat, done."""
+        t = self.table
+        with self.engine.connect() as conn:
+            res = conn.execute(t.select().where(t.c.key.startswith(prefix, autoescape=True)))
+            return [dict(r._mapping) for r in res]
+
+    def held(self, key: str, interval: float):
+        """Context manager beating ``key`` every ``interval`` seconds in a thread."""
+        return _Beating(lambda: self.beat(key), interval)
+
+    def lock(self, key: str, stale_after: float = 60.0, poll: float = 0.2, timeout: float = 120.0):
+        """A short mutual-exclusion section across processes (released on exit)."""
+        return _Lock(self, key, stale_after, poll, timeout)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class _Beating:
+    def __init__(self, beat, interval: float):
+        self._beat, self._interval = beat, max(0.2, float(interval))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self._interval):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                pass
+
+    def __enter__(self):
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+class _Lock:
+    def __init__(self, claims: Claims, key: str, stale_after: float, poll: float, timeout: float):
+        self.claims, self.key = claims, key
+        self.stale_after, self.poll, self.timeout = stale_after, poll, timeout
+
+    def __enter__(self):
+        deadline = time.time() + self.timeout
+        while not self.claims.try_claim(self.key, self.stale_after):
+            if time.time() > deadline:
+                raise StorageError(f"timed out waiting for lock {self.key!r} held by another process")
+            time.sleep(self.poll)
+        return self
+
+    def __exit__(self, *exc):
+        self.claims.release(self.key)
+        return False

@@ -1,0 +1,323 @@
+"""Reading a study: merged trial records, the pandas table, Pareto set, Kendall's tau, hypervolume.
+
+Optuna refuses to change a finished trial, so what happens to a trial
+*after* it finished - promotion to a longer proxy (multi-fidelity) and the
+full retrain - is stored in the study's user attributes, one key per result
+(``fidelity:N:E``, ``retrain:N:LABEL``; see ``studies/README.md``).
+:func:`trials_with_results` folds those back into copies of the trials, so
+every reader (``show``, ``retrain``, the dashboard, export) sees one record
+per trial with its longest-fidelity accuracy and its retrained accuracy.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["crowding_distance", "fidelity_results", "hypervolume", "kendall_tau", "memory_key",
+           "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "rank_for_promotion",
+           "retrain_results", "trials_table", "trials_with_results"]
+
+FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
+RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
+
+
+# --------------------------------------------------------------------------
+# multi-objective arithmetic (accuracy maximised, memory minimised)
+# --------------------------------------------------------------------------
+
+def _as_min(acc: Sequence[float], mem: Sequence[float]) -> np.ndarray:
+    """Points to minimise: (-accuracy, memory)."""
+    return np.column_stack([-np.asarray(acc, dtype=float), np.asarray(mem, dtype=float)])
+
+
+def nondominated_ranks(acc: Sequence[float], mem: Sequence[float]) -> np.ndarray:
+    """NSGA-II front index of each point (0 = Pareto front), maximising
+    ``acc`` and minimising ``mem``. Equal points share a front."""
+    p = _as_min(acc, mem)
+    n = len(p)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    le = (p[:, None, :] <= p[None, :, :]).all(-1)
+    lt = (p[:, None, :] < p[None, :, :]).any(-1)
+    dominates = le & lt                      # dominates[i, j]: i dominates j
+    count = dominates.sum(0)                 # how many dominate j
+    ranks = np.full(n, -1, dtype=int)
+    front, r = np.flatnonzero(count == 0), 0
+    while front.size:
+        ranks[front] = r
+        count = count - dominates[front].sum(0)
+        count[ranks >= 0] = -1
+        front, r = np.flatnonzero(count == 0), r + 1
+    return ranks
+
+
+def pareto_mask(acc: Sequence[float], mem: Sequence[float]) -> np.ndarray:
+    return nondominated_ranks(acc, mem) == 0
+
+
+def crowding_distance(acc: Sequence[float], mem: Sequence[float], ranks: np.ndarray | None = None) -> np.ndarray:
+    """NSGA-II crowding distance within each front (boundary points: inf)."""
+    p = _as_min(acc, mem)
+    ranks = nondominated_ranks(acc, mem) if ranks is None else ranks
+    dist = np.zeros(len(p))
+    for r in np.unique(ranks):
+        idx = np.flatnonzero(ranks == r)
+        if len(idx) <= 2:
+            dist[idx] = math.inf
+            continue
+        for k in range(p.shape[1]):
+            order = idx[np.argsort(p[idx, k], kind="stable")]
+            span = p[order[-1], k] - p[order[0], k]
+            dist[order[0]] = dist[order[-1]] = math.inf
+            if span > 0:
+                dist[order[1:-1]] += (p[order[2:], k] - p[order[:-2], k]) / span
+    return dist
+
+
+def rank_for_promotion(acc: Sequence[float], mem: Sequence[float]) -> np.ndarray:
+    """Indices best first: by front, then by crowding distance (larger first), then accuracy."""
+    acc = np.asarray(acc, dtype=float)
+    ranks = nondominated_ranks(acc, mem)
+    crowd = crowding_distance(acc, mem, ranks)
+    return np.lexsort((-acc, -crowd, ranks))
+
+
+def hypervolume(acc: Sequence[float], mem: Sequence[float], ref_mem: float | None = None,
+                ref_acc: float = 0.0, normalize: bool = False) -> float:
+    """Area dominated by the points in (accuracy, memory) space, bounded by
+    accuracy ``ref_acc`` and memory ``ref_mem`` (default: 1.1 x the largest memory).
+    With ``normalize`` the memory axis is divided by ``ref_mem`` (result in [0, 1]
+    for accuracies in [0, 1])."""
+    acc, mem = np.asarray(acc, dtype=float), np.asarray(mem, dtype=float)
+    ok = np.isfinite(acc) & np.isfinite(mem)
+    acc, mem = acc[ok], mem[ok]
+    if acc.size == 0:
+        return 0.0
+    ref_mem = float(mem.max() * 1.1) if ref_mem is None else float(ref_mem)
+    front = pareto_mask(acc, mem) & (acc > ref_acc) & (mem < ref_mem)
+    pts = sorted(zip(mem[front], acc[front]))          # memory ascending -> accuracy ascending
+    area, best = 0.0, ref_acc
+    for i, (m, a) in enumerate(pts):
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref_mem
+        best = max(best, a)
+        area += (nxt - m) * (best - ref_acc)
+    return float(area / ref_mem) if normalize and ref_mem > 0 else float(area)
+
+
+def kendall_tau(x: Iterable[float], y: Iterable[float]) -> float:
+    """Kendall's tau-b of paired values (pairs with a NaN dropped); NaN below 2 pairs."""
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return math.nan
+    dx = np.sign(x[:, None] - x[None, :])
+    dy = np.sign(y[:, None] - y[None, :])
+    iu = np.triu_indices(len(x), 1)
+    dx, dy = dx[iu], dy[iu]
+    s = float((dx * dy).sum())
+    nx, ny = float((dx != 0).sum()), float((dy != 0).sum())
+    if nx == 0 or ny == 0:
+        return math.nan
+    return s / math.sqrt(nx * ny)
+
+
+# --------------------------------------------------------------------------
+# merged records
+# --------------------------------------------------------------------------
+
+def memory_key(study) -> str:
+    """The user attr holding the memory objective: ``inference_bytes_per_image`` (default)
+    or ``training_bytes_per_image`` (study attr ``memory``)."""
+    return f"{study.user_attrs.get('memory', 'inference')}_bytes_per_image"
+
+
+def fidelity_results(study_attrs: dict) -> dict[int, dict[int, dict]]:
+    """{trial number: {epochs: promotion result}} from the study's user attrs."""
+    out: dict[int, dict[int, dict]] = {}
+    for k, v in study_attrs.items():
+        if k.startswith(FIDELITY_PREFIX) and isinstance(v, dict):
+            try:
+                n, e = (int(x) for x in k[len(FIDELITY_PREFIX):].split(":"))
+            except ValueError:
+                continue
+            out.setdefault(n, {})[e] = v
+    return out
+
+
+def retrain_results(study_attrs: dict) -> dict[int, list[dict]]:
+    """{trial number: [retrain results, oldest first]} from the study's user attrs."""
+    out: dict[int, list[dict]] = {}
+    for k, v in study_attrs.items():
+        if k.startswith(RETRAIN_PREFIX) and isinstance(v, dict):
+            try:
+                n = int(k[len(RETRAIN_PREFIX):].split(":")[0])
+            except ValueError:
+                continue
+            out.setdefault(n, []).append(v)
+    for v in out.values():
+        v.sort(key=lambda r: r.get("finished_at") or "")
+    return out
+
+
+def _finite(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def trials_with_results(study, trials=None) -> list:
+    """Copies of the study's trials with promotion and retrain results folded into
+    ``user_attrs`` (schema in ``studies/README.md``):
+
+    * ``val_accuracy@E`` for every fidelity E evaluated, ``proxy_epochs`` = the
+      longest fidelity with an accuracy, ``val_accuracy`` = the accuracy there;
+      ``values[0]`` of a COMPLETE trial is replaced by that accuracy (Optuna's
+      stored value, which the sampler learns from, stays the first rung's);
+    * ``retrain_test_accuracy``, ``retrain_protocol``, ``retrain_epochs``,
+      ``retrain_status``, ``weights_path`` ... from the latest retrain;
+    * a FAIL trial without a reason (failed by the heartbeat check) gets
+      ``status`` "lost" and a ``fail_reason`` naming its retry.
+    """
+    import copy
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    fid, ret = fidelity_results(attrs), retrain_results(attrs)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    retried_as = {}
+    for t in trials:
+        history = t.system_attrs.get("retry_history") or []
+        if history:
+            retried_as[int(history[-1])] = t.number
+    out = []
+    for t in trials:
+        t = copy.deepcopy(t)
+        ua = dict(t.user_attrs)
+        if t.state == TrialState.FAIL and not ua.get("fail_reason"):
+            # failed by the heartbeat check: its worker died, nothing could be written
+            ua["status"] = "lost"
+            ua["fail_reason"] = "worker lost (no heartbeat)" + (
+                f"; retried as trial {retried_as[t.number]}" if t.number in retried_as else "")
+        src = ua.get("duplicate_of", t.number)   # a duplicate shares its twin's later results
+        for e, r in sorted(fid.get(src, {}).items()):
+            ua[f"val_accuracy@{e}"] = r.get("val_accuracy")
+            if r.get("status") not in (None, "ok"):
+                ua[f"promotion_reason@{e}"] = r.get("reason") or r.get("status")
+        accs = {}
+        for k, v in ua.items():
+            if k.startswith("val_accuracy@") and _finite(v) is not None:
+                try:
+                    accs[int(k.split("@")[1])] = float(v)
+                except ValueError:
+                    pass
+        if accs:
+            e = max(accs)
+            ua["proxy_epochs"], ua["val_accuracy"] = e, accs[e]
+            ua["fidelities"] = sorted(accs)
+            if t.state == TrialState.COMPLETE and t.values:
+                t.values = [accs[e], *t.values[1:]]
+        runs = ret.get(src, [])
+        done = [r for r in runs if r.get("status") == "ok"] or runs
+        if done:
+            r = done[-1]
+            ua.update({
+                "retrain_test_accuracy": r.get("test_accuracy"),
+                "retrain_protocol": r.get("protocol"),
+                "retrain_epochs": r.get("epochs"),
+                "retrain_status": r.get("status"),
+                "retrain_reason": r.get("reason") or "",
+                "retrain_seconds": r.get("seconds"),
+                "retrain_device": r.get("device"),
+                "retrain_cuda_peak_bytes": r.get("cuda_peak_bytes"),
+                "weights_path": r.get("weights_path"),
+            })
+        t.user_attrs = ua
+        out.append(t)
+    return out
+
+
+_COLUMNS = ["number", "state", "status", "val_accuracy", "memory", "params", "macs", "architecture",
+            "proxy_epochs", "retrain_test_accuracy", "preset", "fail_reason"]
+
+
+def trials_table(study, trials=None) -> pd.DataFrame:
+    """One row per trial (any state), indexed by trial number; columns:
+
+    ``state``, ``status``, ``val_accuracy`` (longest fidelity), ``memory``
+    (the study's memory objective, bytes/image), ``params``, ``macs``,
+    ``architecture``, ``proxy_epochs``, ``retrain_test_accuracy``, ``preset``,
+    ``fail_reason`` first; then ``pareto`` (on the Pareto set), ``rank``
+    (non-dominated front), ``inference_bytes_per_image``,
+    ``training_bytes_per_image``, ``cuda_peak_bytes``, ``val_accuracy@E`` per
+    fidelity, ``scheme``, ``proxy_seconds``, ``device``, ``retrain_protocol``,
+    ``weights_path``, ``retried_from``, ``duplicate_of``, ``spec``, start/end times.
+    """
+    mkey = memory_key(study)
+    merged = trials_with_results(study, trials)
+    rows = []
+    for t in merged:
+        a = t.user_attrs
+        row = {
+            "number": t.number, "state": t.state.name, "status": a.get("status"),
+            "val_accuracy": _finite(a.get("val_accuracy")), "memory": _finite(a.get(mkey)),
+            "params": a.get("params"), "macs": a.get("macs"), "architecture": a.get("architecture"),
+            "proxy_epochs": a.get("proxy_epochs"), "retrain_test_accuracy": _finite(a.get("retrain_test_accuracy")),
+            "preset": a.get("preset"), "fail_reason": a.get("fail_reason"),
+            "inference_bytes_per_image": a.get("inference_bytes_per_image"),
+            "training_bytes_per_image": a.get("training_bytes_per_image"),
+            "cuda_peak_bytes": a.get("cuda_peak_bytes"),
+            "scheme": a.get("scheme"), "family": a.get("family"),
+            "proxy_seconds": a.get("proxy_seconds"), "device": a.get("device"),
+            "retrain_protocol": a.get("retrain_protocol"), "weights_path": a.get("weights_path"),
+            "retried_from": t.system_attrs.get("failed_trial"), "duplicate_of": a.get("duplicate_of"),
+            "spec": a.get("spec"),
+            "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
+        }
+        for k, v in a.items():
+            if k.startswith("val_accuracy@"):
+                row[k] = _finite(v)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=_COLUMNS + ["pareto", "rank"])
+        return df.set_index("number")
+    for c in ("params", "macs", "proxy_epochs", "inference_bytes_per_image", "training_bytes_per_image",
+              "cuda_peak_bytes", "retried_from", "duplicate_of"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
+    fid_cols = sorted((c for c in df.columns if c.startswith("val_accuracy@")), key=lambda c: int(c.split("@")[1]))
+    df["pareto"], df["rank"] = False, pd.NA
+    done = (df["state"] == "COMPLETE") & df["val_accuracy"].notna() & df["memory"].notna()
+    if done.any():
+        ranks = nondominated_ranks(df.loc[done, "val_accuracy"], df.loc[done, "memory"])
+        df.loc[done, "rank"] = ranks
+        df.loc[done, "pareto"] = ranks == 0
+    other = [c for c in df.columns if c not in _COLUMNS and c not in fid_cols and c not in ("pareto", "rank")]
+    df = df[_COLUMNS + ["pareto", "rank"] + fid_cols + other]
+    return df.set_index("number").sort_index()
+
+
+def pareto_set(study, trials=None) -> pd.DataFrame:
+    """The rows of :func:`trials_table` on the Pareto front (COMPLETE trials,
+    longest-fidelity accuracy vs the memory objective), most accurate first."""
+    df = trials_table(study, trials)
+    return df[df["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+
+
+def pareto_numbers(study, trials=None) -> set[int]:
+    return set(int(n) for n in pareto_set(study, trials).index)
+
+
+def spec_of(record) -> "object | None":
+    """The ArchSpec stored on a trial record (``user_attrs['spec']``), or None."""
+    from search_space import ArchSpec
+    text = record.user_attrs.get("spec")
+    if not text:
+        return None
+    return ArchSpec.from_json(text if isinstance(text, str) else json.dumps(text))

@@ -1,0 +1,260 @@
+"""studies/dashboard.py: the HTML page, checked in a real headless browser (SPEC §7).
+
+The study is built directly with optuna (no training): completed trials of
+several schemes, two of the papers' presets, three retrained trials, pruned,
+failed and one still-running trial. Chromium renders the page; the SVG
+markers plotly drew in each plot must match the study's trial counts.
+"""
+from __future__ import annotations
+
+import html.parser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+
+import models
+import search
+from search_space import ArchSpec, StageSpec, StepSpec
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
+                                                            "google-chrome-stable")) if p), None)
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium); "
+                             "the dashboard is checked in a real headless browser")
+
+# (scheme, blocks, width, proxy accuracy, inference bytes/image, retrained test accuracy or None)
+COMPLETE = [
+    ("euler", 14, 64, 0.712, 1.00e6, 0.921),
+    ("euler", 4, 96, 0.655, 1.60e6, None),    # dominated by the first
+    ("midpoint", 7, 64, 0.731, 1.10e6, 0.928),
+    ("rk4", 3, 64, 0.744, 1.50e6, 0.931),
+    ("rk4", 2, 80, 0.700, 2.30e6, None),      # dominated
+    ("verner8", 1, 64, 0.752, 7.00e6, None),
+    ("lm", 6, 72, 0.690, 0.95e6, None),
+]
+PRESETS = [("ho-euler-x14", 0.709, 1.02e6), ("ho-rk4-x3", 0.741, 1.52e6)]
+PROMOTED = {0: 0.725}  # trial 0 promoted to 6 epochs: the page shows its longest fidelity
+
+
+def _attrs(spec: ArchSpec, acc: float, inference: float, **extra) -> dict:
+    """A completed trial's user attrs as ``studies.objective.evaluate`` writes them (studies/README.md)."""
+    return {"spec": spec.to_json(), "architecture": models.describe(spec), "scheme": spec.stages[0].scheme,
+            "params": 1_000_000 + 1000 * spec.stages[0].blocks, "macs": 150_000_000 + 10_000_000 * spec.stages[0].blocks,
+            "inference_bytes_per_image": inference, "training_bytes_per_image": 5 * inference,
+            "cuda_peak_bytes": None, "proxy_epochs": 2, "proxy_seconds": 12.5, "device": "cpu", "status": "ok",
+            "val_accuracy@2": acc, "val_accuracy": acc, **extra}
+
+
+def add_retrain(study, number: int, test_accuracy: float, weights_path: str | None = "w.pt",
+                protocol: str = "fast") -> None:
+    """A full-retrain result as ``studies.retrain`` stores it (study user attr ``retrain:N:LABEL``)."""
+    study.set_user_attr(f"retrain:{number}:{protocol}", {
+        "number": number, "protocol": protocol, "label": protocol, "status": "ok", "reason": "",
+        "test_accuracy": test_accuracy, "epochs": 40, "weights_path": weights_path,
+        "finished_at": "2026-01-01T00:00:00+00:00"})
+
+
+def make_study(storage: str, name: str = "demo", *, complete: bool = True, running: bool = True):
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
+    study.set_user_attr("budget", 1_000_000)
+    study.set_user_attr("memory", "inference")
+    ct = optuna.trial.create_trial
+    if complete:
+        for scheme, blocks, width, acc, mem, retrained in COMPLETE:
+            spec = ArchSpec(stages=(StageSpec(scheme=scheme, blocks=blocks, width=width),))
+            study.add_trial(ct(values=[acc, mem], user_attrs=_attrs(spec, acc, mem)))
+            if retrained is not None:
+                add_retrain(study, study.trials[-1].number, retrained)
+        for name_, acc, mem in PRESETS:
+            spec = models.presets.get(name_)
+            study.add_trial(ct(values=[acc, mem], user_attrs=_attrs(spec, acc, mem, preset=name_)))
+        for number, acc in PROMOTED.items():  # as studies.run stores a promotion
+            study.set_user_attr(f"fidelity:{number}:6", {"number": number, "epochs": 6, "status": "ok",
+                                                         "reason": None, "val_accuracy": acc, "seconds": 30.0})
+    bad = ArchSpec(stages=(StageSpec(scheme="rk4", blocks=40, width=8, step=StepSpec("learnable", 1.0)),))
+    study.add_trial(ct(state=optuna.trial.TrialState.PRUNED, values=None,
+                       user_attrs=dict(spec=bad.to_json(), fail_reason="cannot meet the budget within 2%")))
+    study.add_trial(ct(state=optuna.trial.TrialState.PRUNED, values=None,
+                       user_attrs=dict(fail_reason="dropped at rung 1")))
+    study.add_trial(ct(state=optuna.trial.TrialState.FAIL, values=None,
+                       user_attrs=dict(fail_reason="diverged: loss nan at epoch 1 step 3")))
+    if running:
+        study.ask()  # a worker is still training it
+    return study
+
+
+class PlotCounter(html.parser.HTMLParser):
+    """Markers (``path.point``) under each ``div.plotly-graph-div`` of a rendered DOM,
+    and the rows of the trials table in document order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[tuple[str, str | None]] = []   # (tag, plot id it opens or None)
+        self.points: dict[str, int] = {}
+        self.svg: dict[str, int] = {}
+        self.rows: list[int] = []
+        self.in_table = False
+
+    def current(self):
+        for _, pid in reversed(self.stack):
+            if pid:
+                return pid
+        return None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        pid = a.get("id") if tag == "div" and "plotly-graph-div" in (a.get("class") or "") else None
+        if tag == "table" and a.get("id") == "trials-table":
+            self.in_table = True
+        if tag == "tr" and self.in_table and "data-number" in a:
+            self.rows.append(int(a["data-number"]))
+        cur = pid or self.current()
+        if cur:
+            if tag == "path" and "point" in (a.get("class") or "").split():
+                self.points[cur] = self.points.get(cur, 0) + 1
+            if tag == "svg":
+                self.svg[cur] = self.svg.get(cur, 0) + 1
+        if tag not in _VOID:
+            self.stack.append((tag, pid))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.in_table = False
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                break
+
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def render(tmp_path: Path, page: Path, fragment: str = "") -> PlotCounter:
+    """The page's DOM after its scripts ran, parsed (``.dom`` holds the text)."""
+    res = chromium(tmp_path, "--dump-dom", page.resolve().as_uri() + fragment)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "<svg" in res.stdout, "plotly drew nothing"
+    counter = PlotCounter()
+    counter.feed(res.stdout)
+    counter.dom = res.stdout
+    return counter
+
+
+def embedded_summary(text: str) -> dict:
+    m = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', text, re.S)
+    assert m
+    return json.loads(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dash")
+    storage = f"sqlite:///{tmp / 'demo.db'}"
+    make_study(storage)
+    out = tmp / "dash.html"
+    assert search.main(["dashboard", "--study", "demo", "--storage", storage, "--out", str(out)]) == 0
+    return tmp, out
+
+
+def test_page_is_self_contained(page):
+    _, out = page
+    text = out.read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", text)  # nothing fetched: works offline
+    assert len(text) > 1_000_000 and "plotly.js v" in text  # the plotly.js bundle is inlined
+    s = embedded_summary(text)
+    assert s["complete"] == len(COMPLETE) + len(PRESETS)
+    assert s["states"] == {"COMPLETE": 9, "PRUNED": 2, "FAIL": 1, "RUNNING": 1}
+    assert s["retrained"] == 3 and s["presets"] == 2
+    assert s["kendall_tau"] == pytest.approx(1.0)  # the three retrained keep their proxy order
+    # hover text in the papers' naming, preset labels, a note that the study still runs
+    assert "RK4 x3 / 64ch" in text and "ho-rk4-x3" in text and 'id="running"' in text
+    assert ">72.50</td>" in text and ">71.20</td>" not in text  # trial 0 at its longest fidelity
+
+
+@needs_browser
+def test_plots_render_in_headless_chromium(page, tmp_path):
+    tmp, out = page
+    s = embedded_summary(out.read_text())
+    got = render(tmp_path, out)
+    n_complete, n_retrained = len(COMPLETE) + len(PRESETS), 3
+    expected = {
+        "pareto-plot": n_complete + n_retrained,     # proxy + presets + retrained diamonds
+        "cost-plot": 2 * n_complete,                 # vs params and vs MACs
+        "retrain-plot": n_retrained,
+        "history-plot": n_complete,
+    }
+    assert s["plots"] == expected
+    assert got.points == expected, got.points
+    assert all(got.svg.get(k, 0) >= 1 for k in expected)
+    assert sorted(got.rows) == list(range(13))  # every trial in the table, any state
+    # plotly drew the titles: Kendall's tau of the proxy-vs-retrain plot
+    assert re.search(r'class="gtitle"[^>]*>[^<]*Kendall(\'|&#39;)s τ = 1\.000 \(n = 3\)</text>', got.dom)
+
+
+@needs_browser
+def test_table_sorts_in_browser(page, tmp_path):
+    _, out = page
+    by_acc = render(tmp_path, out, "#sort=accuracy:desc").rows
+    accs = {i: a for i, (_, _, _, a, _, _) in enumerate(COMPLETE)}
+    accs.update({len(COMPLETE) + i: a for i, (_, a, _) in enumerate(PRESETS)})
+    accs.update(PROMOTED)
+    assert by_acc[:len(accs)] == sorted(accs, key=lambda k: -accs[k])  # trials without accuracy last
+    assert render(tmp_path, out, "#sort=number:desc").rows == list(range(12, -1, -1))
+
+
+@needs_browser
+def test_screenshot(page, tmp_path):
+    _, out = page
+    png = tmp_path / "dash.png"
+    res = chromium(tmp_path, f"--screenshot={png}", "--window-size=1400,3000", "--hide-scrollbars",
+                   out.resolve().as_uri())
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1400, 3000)
+    assert len(data) > 100_000  # plots, not a blank page
+
+
+def test_no_completed_trials_says_so(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'empty.db'}"
+    make_study(storage, "empty", complete=False, running=False)
+    out = tmp_path / "empty.html"
+    assert search.main(["dashboard", "--study", "empty", "--storage", storage, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "has no completed trials" in printed
+    text = out.read_text()
+    assert 'id="no-trials"' in text and "has no completed trials" in text
+    assert embedded_summary(text)["plots"] == {}
+    assert text.count('data-number="') == 3  # the pruned and failed trials are still listed
+
+
+def test_unknown_study_is_one_line_error(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(storage, "real", complete=False, running=False)
+    assert search.main(["dashboard", "--study", "nope", "--storage", storage,
+                        "--out", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown study 'nope'") and "real" in err and "\n" not in err
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    assert search.main(["dashboard", "--study", "x", "--storage", missing]) == 2
+    assert "no study database" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()  # reading never creates a storage

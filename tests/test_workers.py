@@ -1,0 +1,122 @@
+"""Several workers on one study (SPEC §6): exactly N trials, and a SIGKILLed worker's
+trial failed by heartbeat, retried and finished - on SQLite and on PostgreSQL.
+
+PostgreSQL tests are marked ``postgres`` and need ``STACKNAS_PG_URL`` (a database the
+tests may create studies in, e.g. ``postgresql://postgres@127.0.0.1:5432/stacknas``);
+without it they are skipped.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from studies.run import lineage_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
+        "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
+        "--rungs", "1", "--heartbeat", "1", "--no-progress"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage(request, tmp_path):
+    """A storage URL and a fresh study name; PostgreSQL studies are deleted afterwards."""
+    name = "w-" + uuid.uuid4().hex[:8]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'workers.db'}", name
+        return
+    url = os.environ.get("STACKNAS_PG_URL")
+    if not url:
+        pytest.skip("STACKNAS_PG_URL is not set (a PostgreSQL database for the tests)")
+    yield url, name
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
+
+
+def launch(url: str, name: str, trials: int, *extra: str, env: dict | None = None, home: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "search.py"), "run", "--study", name, "--storage", url,
+         "--trials", str(trials), *TINY, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "STACKNAS_STUDIES_DIR": str(home), "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def finish(p: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        pytest.fail(f"run did not finish in {timeout}s:\n{out}")
+    assert p.returncode == 0, out
+    return out
+
+
+def trials_of(url: str, name: str):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_two_processes_finish_exactly_n_trials(storage, tmp_path):
+    """Two `run` commands started together (as on two machines) share the study:
+    exactly N trials, numbered 0..N-1, each evaluated once."""
+    url, name = storage
+    n = 5
+    procs = [launch(url, name, n, "--seed", str(i), home=tmp_path) for i in range(2)]
+    outs = [finish(p) for p in procs]
+    trials = trials_of(url, name)
+    assert sorted(t.number for t in trials) == list(range(n)), outs
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials), [(t.number, t.state) for t in trials]
+    assert lineage_counts(trials) == {"total": n, "finished": n, "retried": 0,
+                                      **{s: sum(t.state.name == s for t in trials) for s in
+                                         {t.state.name for t in trials}}}
+    reported = [line.split(":")[0] for out in outs for line in out.splitlines() if line.startswith("trial ")]
+    assert sorted(reported) == sorted(f"trial {i}" for i in range(n))      # no trial evaluated twice
+
+
+def test_killed_worker_trial_is_retried(storage, tmp_path):
+    """--workers 2; trial 0 sleeps and its worker is SIGKILLed: the heartbeat fails it,
+    the retry (same parameters) is run by the other worker, and the study still ends
+    with N finished trials."""
+    url, name = storage
+    n = 3
+    p = launch(url, name, n, "--workers", "2", env={"STACKNAS_TEST_SLEEP": "0:120"}, home=tmp_path)
+    deadline, pid = time.time() + 120, None
+    while time.time() < deadline and pid is None and p.poll() is None:
+        time.sleep(0.5)
+        try:
+            t0 = [t for t in trials_of(url, name) if t.number == 0]
+        except (KeyError, Exception):  # noqa: BLE001 - the study may not exist yet
+            continue
+        if t0 and t0[0].state.name == "RUNNING" and t0[0].user_attrs.get("worker"):
+            pid = int(t0[0].user_attrs["worker"].rsplit(":", 1)[1])
+    assert pid is not None, "trial 0 never started"
+    time.sleep(1.5)                       # beating, mid-trial
+    os.kill(pid, signal.SIGKILL)
+    out = finish(p)
+    trials = trials_of(url, name)
+    by = {t.number: t for t in trials}
+    assert by[0].state.name == "FAIL", (pid, out, [(t.number, t.state.name, t.user_attrs) for t in trials])
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1, out
+    r = retries[0]
+    assert r.state.name in ("COMPLETE", "PRUNED") and r.params == by[0].params
+    assert len(trials) == n + 1 and sorted(by) == list(range(n + 1))
+    c = lineage_counts(trials)
+    assert c["finished"] == c["total"] == n and c["retried"] == 1
+    assert "worker 0 exited with -9" in out or "worker 1 exited with -9" in out
+
+    import studies
+    df = studies.trials_table(optuna.load_study(study_name=name, storage=url))
+    assert df.loc[0, "status"] == "lost" and f"retried as trial {r.number}" in df.loc[0, "fail_reason"]
+    assert df.loc[r.number, "retried_from"] == 0
