@@ -180,6 +180,7 @@ def test_count_params_and_measure():
     assert cuda_peak_bytes(net) is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tracker_matches_cpu_and_allocator_peak():
     net = small_net()
