@@ -293,7 +293,9 @@ def trials_table(study, trials=None) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
     fid_cols = sorted((c for c in df.columns if c.startswith("val_accuracy@")), key=lambda c: int(c.split("@")[1]))
     df["pareto"], df["rank"] = False, pd.NA
-    done = (df["state"] == "COMPLETE") & df["val_accuracy"].notna() & df["memory"].notna()
+    # a duplicate is its twin's network: ranking it too would put one network on the front twice
+    done = (df["state"] == "COMPLETE") & df["val_accuracy"].notna() & df["memory"].notna() \
+        & df["duplicate_of"].isna()
     if done.any():
         ranks = nondominated_ranks(df.loc[done, "val_accuracy"], df.loc[done, "memory"])
         df.loc[done, "rank"] = ranks

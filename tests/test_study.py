@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import search
@@ -208,6 +209,8 @@ def test_duplicate_network_is_not_trained_again(small_study):
     assert f"same network as trial {twin.number}" in out
     from studies.retrain import retrain_targets
     assert 5 not in {r.number for r in retrain_targets(load("small"))}     # its twin stands for it
+    table = studies.trials_table(load("small"))
+    assert not table.loc[5, "pareto"] and pd.isna(table.loc[5, "rank"])   # one network, one point on the front
 
 
 # --------------------------------------------------------------------------
