@@ -402,6 +402,16 @@ def _oom_reason(e: BaseException, device: torch.device, phase: str) -> str:
     return f"out of memory during {phase}{total}: {first[:300]}"
 
 
+def _failure(e: BaseException, device: torch.device, phase: str) -> tuple[str, str]:
+    """``(status, reason)`` for a run that diverged or ran out of memory during
+    ``phase``; any other exception is re-raised."""
+    if isinstance(e, _Diverged):
+        return "diverged", e.reason()
+    if _is_oom(e):
+        return "oom", _oom_reason(e, device, phase)
+    raise e
+
+
 def _release_memory(device: torch.device) -> None:
     import gc
     gc.collect()

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._common import (_Diverged, _RunResult, _PhaseClock, _cuda_peak, _device_name, _is_oom,
-                      _make_optimizer, _make_scheduler, _merge_hparams, _normalizer, _oom_reason,
+from ._common import (_RunResult, _PhaseClock, _cuda_peak, _device_name, _failure,
+                      _make_optimizer, _make_scheduler, _merge_hparams, _normalizer,
                       _prepare, _autocast, _release_memory, _resolve_device, _seed_everything,
                       _steps_per_epoch, _train_epoch, evaluate)
 from .data import Dataset
@@ -168,12 +168,8 @@ def train_proxy(make_model: Callable[[], nn.Module], data: Dataset, *, epochs: i
             evaluation = evaluate(net, val.images, val.labels, device, mean=data.mean,
                                   std=data.std, batch_size=hp["eval_batch_size"],
                                   bf16=hp["bf16"], channels_last=hp["channels_last"])
-    except _Diverged as e:
-        status, reason = "diverged", e.reason()
     except Exception as e:
-        if not _is_oom(e):
-            raise
-        status, reason = "oom", _oom_reason(e, device, phase)
+        status, reason = _failure(e, device, phase)
 
     seconds = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0}
     seconds.update(clock.seconds(*seconds))

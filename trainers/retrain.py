@@ -42,9 +42,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._common import (_Diverged, _RunResult, _PhaseClock, _atomic_save, _cuda_peak, _device_name, _git_commit,
-                      _is_oom, _jsonable, _make_optimizer, _make_scheduler, _merge_hparams,
-                      _normalizer, _oom_reason, _release_memory, _resolve_device, _rng_state,
+from ._common import (_RunResult, _PhaseClock, _atomic_save, _cuda_peak, _device_name, _failure,
+                      _git_commit, _jsonable, _make_optimizer, _make_scheduler, _merge_hparams,
+                      _normalizer, _release_memory, _resolve_device, _rng_state,
                       _seed_everything, _set_rng_state, _steps_per_epoch, _train_epoch, evaluate)
 from .data import Dataset, Split
 from .proxy import DEFAULT_HPARAMS
@@ -243,12 +243,8 @@ def retrain(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str
             evaluation = evaluate(model, data.test.images, data.test.labels, device,
                                   mean=data.mean, std=data.std, batch_size=hp["eval_batch_size"],
                                   bf16=hp["bf16"], channels_last=hp["channels_last"])
-    except _Diverged as e:
-        status, reason = "diverged", e.reason()
     except Exception as e:
-        if not _is_oom(e):
-            raise
-        status, reason = "oom", _oom_reason(e, device, phase)
+        status, reason = _failure(e, device, phase)
 
     seconds = clock.seconds("setup", "train", "eval")
     seconds["train_all"] = sum(h.get("seconds", 0.0) for h in history)
