@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .storage import redact_url
-from .table import pareto_numbers, trials_with_results
+from .table import _finite, pareto_numbers, trials_with_results
 
 __all__ = ["FILES", "export_command", "export_trial", "find_weights", "select_trial"]
 
@@ -37,14 +37,6 @@ ATOL = 1e-5
 # --------------------------------------------------------------------------
 # which trial
 # --------------------------------------------------------------------------
-
-def _acc(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
 
 def select_trial(study, number: int | None = None):
     """``(trial, rule)``: trial ``number`` (must have completed), or the best one.
@@ -78,12 +70,12 @@ def select_trial(study, number: int | None = None):
     front = [t for t in trials if t.number in front_ids and t.state.name == "COMPLETE"]
     if not front:
         raise ValueError(f"study {name!r} has no completed trials yet; nothing to export")
-    retrained = [t for t in front if _acc(t.user_attrs.get("retrain_test_accuracy")) is not None]
+    retrained = [t for t in front if _finite(t.user_attrs.get("retrain_test_accuracy")) is not None]
     if retrained:
-        best = max(retrained, key=lambda t: (_acc(t.user_attrs["retrain_test_accuracy"]), -t.number))
+        best = max(retrained, key=lambda t: (_finite(t.user_attrs["retrain_test_accuracy"]), -t.number))
         return best, (f"best: highest retrained test accuracy on the Pareto front "
                       f"({len(retrained)} of its {len(front)} trials retrained)")
-    best = max(front, key=lambda t: (_acc(t.values[0]) if t.values else -math.inf, -t.number))  # longest fidelity
+    best = max(front, key=lambda t: (_finite(t.values[0]) if t.values else -math.inf, -t.number))  # longest fidelity
     return best, (f"best: highest proxy (validation) accuracy on the Pareto front "
                   f"(none of its {len(front)} trials retrained yet)")
 
@@ -240,19 +232,19 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
 
 
 def _pct(v) -> str:
-    v = _acc(v)
+    v = _finite(v)
     if v is None:
         return "–"
     return f"{v * 100:.2f}%" if abs(v) <= 1.0 else f"{v:.2f}%"
 
 
 def _bytes(v) -> str:
-    v = _acc(v)
+    v = _finite(v)
     return "–" if v is None else f"{v / 2**20:.3f} MiB ({int(v):,} bytes)"
 
 
 def _int(v) -> str:
-    v = _acc(v)
+    v = _finite(v)
     return "–" if v is None else f"{int(v):,}"
 
 
@@ -270,7 +262,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
     proxy = _pct(a.get("val_accuracy") if a.get("val_accuracy") is not None else
                  (trial.values[0] if trial.values else None))
     epochs = a.get("proxy_epochs")
-    retrained = _acc(a.get("retrain_test_accuracy"))
+    retrained = _finite(a.get("retrain_test_accuracy"))
     shape = summary["input_shape"]
     stage_rows = "\n".join(
         f"| {i} | {s['name']} | {s['scheme']} | {s['blocks']} | {s['depth']} | "
@@ -304,7 +296,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         f"| training memory (one step, per image) | {_bytes(a.get('training_bytes_per_image'))} |",
         f"| study budget / memory objective | {_int(study.user_attrs.get('budget'))} params / {mem} |",
         f"| proxy validation accuracy | {proxy}"
-        + (f" after {epochs:g} epochs" if _acc(epochs) is not None else "")
+        + (f" after {epochs:g} epochs" if _finite(epochs) is not None else "")
         + (f" on {a['device']}" if a.get("device") else "") + " |",
         *(f"| validation accuracy after {e} epochs | {_pct(v)} |" for e, v in fidelities if len(fidelities) > 1),
         "| retrained test accuracy | "
