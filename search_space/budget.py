@@ -188,6 +188,6 @@ def parse_budget(text: str | int | float) -> int:
             value = float(t[:-1] if t[-1:] in "kmg" else t) * mult
         except ValueError:
             raise SpecError(f"budget: {text!r} is not a parameter count; use e.g. 1.0M, 250k or 2000000") from None
-    if value <= 0:
-        raise SpecError(f"budget: must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise SpecError(f"budget: must be a positive, finite number of parameters, got {text!r}")
     return int(round(value))

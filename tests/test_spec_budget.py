@@ -106,3 +106,6 @@ def test_parse_budget():
     assert parse_budget("2e6") == 2_000_000
     with pytest.raises(SpecError, match="budget: 'lots' is not a parameter count"):
         parse_budget("lots")
+    for bad in ("nan", "inf", "0"):
+        with pytest.raises(SpecError, match="budget: must be a positive, finite number"):
+            parse_budget(bad)
