@@ -76,12 +76,13 @@ def _signatures(spec: ArchSpec, w: np.ndarray) -> np.ndarray:
 
 def _points(spec: ArchSpec, key: tuple, count: int, rng) -> np.ndarray:
     """Random width vectors (multiples of 8) with the given signature."""
+    narrowing = sum(1 for sgn in key if sgn < 0)
     pts = []
-    while len(pts) < count:
+    for _ in range(1000 * count):
         if spec.stem_width:
             prev = spec.stem_width
-        else:
-            prev = int(rng.integers(12, 20)) * WIDTH_MULTIPLE
+        else:  # start wide enough that every narrowing step (at most 3 x 8) stays positive
+            prev = int(rng.integers(12, 20) + 3 * narrowing) * WIDTH_MULTIPLE
         row = []
         for sgn in key:
             c = prev + sgn * int(rng.integers(1, 4)) * WIDTH_MULTIPLE
@@ -91,7 +92,10 @@ def _points(spec: ArchSpec, key: tuple, count: int, rng) -> np.ndarray:
             prev = c
         else:
             pts.append(row)
-    return np.array(pts)
+            if len(pts) == count:
+                return np.array(pts)
+    raise RuntimeError(f"no widths of {spec.name!r} follow the width pattern {key} "
+                       f"(stem width {spec.stem_width})")
 
 
 def _fit_piece(spec: ArchSpec, key: tuple) -> np.ndarray:
