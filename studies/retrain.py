@@ -35,7 +35,7 @@ def retrain_targets(study) -> list:
     from optuna.trial import TrialState
 
     merged = trials_with_results(study)
-    front = pareto_numbers(study, None)
+    front = pareto_numbers(study, merged)
     out = []
     for t in merged:
         if not t.user_attrs.get("spec") or "duplicate_of" in t.user_attrs:   # its twin is retrained

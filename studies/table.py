@@ -247,8 +247,10 @@ _COLUMNS = ["number", "state", "status", "val_accuracy", "memory", "params", "ma
             "proxy_epochs", "retrain_test_accuracy", "preset", "fail_reason"]
 
 
-def trials_table(study, trials=None) -> pd.DataFrame:
-    """One row per trial (any state), indexed by trial number; columns:
+def trials_table(study, merged=None) -> pd.DataFrame:
+    """One row per trial (any state), indexed by trial number. ``merged``: the
+    records of :func:`trials_with_results` when the caller already has them
+    (merged here otherwise). Columns:
 
     ``state``, ``status``, ``val_accuracy`` (longest fidelity), ``memory``
     (the study's memory objective, bytes/image), ``params``, ``macs``,
@@ -260,7 +262,7 @@ def trials_table(study, trials=None) -> pd.DataFrame:
     ``weights_path``, ``retried_from``, ``duplicate_of``, ``spec``, start/end times.
     """
     mkey = memory_key(study)
-    merged = trials_with_results(study, trials)
+    merged = trials_with_results(study) if merged is None else merged
     rows = []
     for t in merged:
         a = t.user_attrs
@@ -305,15 +307,16 @@ def trials_table(study, trials=None) -> pd.DataFrame:
     return df.set_index("number").sort_index()
 
 
-def pareto_set(study, trials=None) -> pd.DataFrame:
+def pareto_set(study, merged=None) -> pd.DataFrame:
     """The rows of :func:`trials_table` on the Pareto front (COMPLETE trials,
-    longest-fidelity accuracy vs the memory objective), most accurate first."""
-    df = trials_table(study, trials)
+    longest-fidelity accuracy vs the memory objective), most accurate first.
+    ``merged`` as in :func:`trials_table`."""
+    df = trials_table(study, merged)
     return df[df["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
 
 
-def pareto_numbers(study, trials=None) -> set[int]:
-    return set(int(n) for n in pareto_set(study, trials).index)
+def pareto_numbers(study, merged=None) -> set[int]:
+    return set(int(n) for n in pareto_set(study, merged).index)
 
 
 def spec_of(record) -> "object | None":
