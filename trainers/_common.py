@@ -211,6 +211,17 @@ def _steps_per_epoch(n: int, hp: dict) -> int:
     return n // b if hp["drop_last"] and n >= b else math.ceil(n / b)
 
 
+def _model_and_optimizer(make_model, hp: dict, n_train: int, device: torch.device, channels_last: bool):
+    """The seeded model on the device in its memory format, its optimiser and
+    per-step schedule: the set-up the proxy and the retrain share."""
+    model = make_model().to(device, memory_format=torch.channels_last if channels_last
+                            else torch.contiguous_format)
+    optimizer = _make_optimizer(model, hp)
+    steps_per_epoch = _steps_per_epoch(n_train, hp)
+    scheduler = _make_scheduler(optimizer, hp, steps_per_epoch)
+    return model, optimizer, scheduler, steps_per_epoch
+
+
 # ----------------------------------------------------------------------------- training epoch
 class _Diverged(Exception):
     def __init__(self, epoch: int, step: int, global_step: int, loss: float):

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ._common import (_RunResult, _PhaseClock, _cuda_peak, _device_name, _failure,
-                      _make_optimizer, _make_scheduler, _merge_hparams, _normalizer,
+                      _model_and_optimizer, _merge_hparams, _normalizer,
                       _prepare, _autocast, _release_memory, _resolve_device, _seed_everything,
-                      _steps_per_epoch, _train_epoch, evaluate)
+                      _train_epoch, evaluate)
 from .data import Dataset
 
 __all__ = ["DEFAULT_HPARAMS", "ProxyResult", "train_proxy"]
@@ -133,11 +133,8 @@ def train_proxy(make_model: Callable[[], nn.Module], data: Dataset, *, epochs: i
             _seed_everything(seed)
             train, val = data.train.to(device), data.val.to(device)
             norm = _normalizer(data.mean, data.std, device)
-            model = make_model().to(device, memory_format=torch.channels_last if channels_last
-                                    else torch.contiguous_format)
-            optimizer = _make_optimizer(model, hp)
-            steps_per_epoch = _steps_per_epoch(len(train), hp)
-            scheduler = _make_scheduler(optimizer, hp, steps_per_epoch)
+            model, optimizer, scheduler, steps_per_epoch = _model_and_optimizer(
+                make_model, hp, len(train), device, channels_last)
         net = model
 
         # -- optional torch.compile, compiled up front so training time is clean

@@ -43,9 +43,9 @@ import torch
 from torch import nn
 
 from ._common import (_RunResult, _PhaseClock, _atomic_save, _cuda_peak, _device_name, _failure,
-                      _git_commit, _jsonable, _make_optimizer, _make_scheduler, _merge_hparams,
+                      _git_commit, _jsonable, _model_and_optimizer, _merge_hparams,
                       _normalizer, _release_memory, _resolve_device, _rng_state,
-                      _seed_everything, _set_rng_state, _steps_per_epoch, _train_epoch, evaluate)
+                      _seed_everything, _set_rng_state, _train_epoch, evaluate)
 from .data import Dataset, Split
 from .proxy import DEFAULT_HPARAMS
 
@@ -193,11 +193,8 @@ def retrain(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str
             _seed_everything(seed)
             train = _training_split(data, train_on).to(device)
             norm = _normalizer(data.mean, data.std, device)
-            model = make_model().to(device, memory_format=torch.channels_last if channels_last
-                                    else torch.contiguous_format)
-            optimizer = _make_optimizer(model, hp)
-            steps_per_epoch = _steps_per_epoch(len(train), hp)
-            scheduler = _make_scheduler(optimizer, hp, steps_per_epoch)
+            model, optimizer, scheduler, steps_per_epoch = _model_and_optimizer(
+                make_model, hp, len(train), device, channels_last)
             start_epoch = 0
             if resume and checkpoint_path.exists():
                 state = torch.load(checkpoint_path, map_location=device, weights_only=True)
