@@ -27,7 +27,7 @@ class UserError(Exception):
 
 def _load_spec(name_or_file: str):
     from models import presets
-    from search_space import ArchSpec
+    from models import ArchSpec
 
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from search_space import SpecError
+    from models import SpecError
     try:
         args.func(args)
     except (UserError, SpecError, ValueError, FileNotFoundError) as e:

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 import models  # noqa: E402
 import trainers  # noqa: E402
-from search_space import ArchSpec  # noqa: E402
+from models import ArchSpec  # noqa: E402
 
 
 def _spec(name: str) -> ArchSpec:

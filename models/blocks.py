@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from .schemes import ButcherTableau, get_tableau
-
-STEP_BOUNDS = (0.125, 4.0)  # Verner's bound on the step/scaling factor (000 §4.6, 001 §2.4)
+from .spec import STEP_BOUNDS
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_space.spec import ArchSpec, StageSpec, SpecError
 from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition
 from .blocks import DownsampleBlock, LearnableStep, LMStage, PaperBlock, PreActSubnet, RKBlock, conv3x3
 from .schemes import TABLEAUX
+from .spec import ArchSpec, SpecError, StageSpec
 
 
 class Network(nn.Module):

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from search_space.spec import ArchSpec, StageSpec, StepSpec
 from ._rkcnn import PAPER_PARAM_ROWS
+from .spec import ArchSpec, StageSpec, StepSpec
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
-"""What can be sampled, and the parameter budget (SPEC §3).
+"""What can be sampled, and the parameter budget.
 
-``ArchSpec`` describes one network; ``solve_widths`` fits its widths to a
-parameter budget; ``sample_spec`` turns a trial (anything with Optuna's
-``suggest_*`` methods) into a spec. Optuna itself is never imported here.
+``sample_spec`` turns a trial (anything with Optuna's ``suggest_*`` methods)
+into a ``models.ArchSpec`` without widths; ``solve_widths`` fits its widths
+to a parameter budget.
+
+May import: ``models``, numpy. Never optuna (a trial is duck-typed),
+``trainers`` or ``studies``.
 """
 from .budget import (DEFAULT_TOLERANCE, BudgetError, count_params, parse_budget, solve_widths,
                      within_budget)
 from .sampling import sample_spec
-from .spec import ArchSpec, SpecError, StageSpec, StepSpec
 
-__all__ = ["ArchSpec", "BudgetError", "DEFAULT_TOLERANCE", "SpecError", "StageSpec", "StepSpec",
-           "count_params", "parse_budget", "sample_spec", "solve_widths", "within_budget"]
+__all__ = ["BudgetError", "DEFAULT_TOLERANCE", "count_params", "parse_budget", "sample_spec", "solve_widths",
+           "within_budget"]

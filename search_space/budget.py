@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import ArchSpec, SpecError
+import models
+from models.measure import count_params as _count_module_params
+from models.spec import ArchSpec, SpecError
 
 WIDTH_MULTIPLE = 8        # channels: widths snap to multiples of 8 (tensor-core friendly)
 MAX_WIDTH = 512           # channels
@@ -33,9 +35,7 @@ class BudgetError(SpecError):
 
 def count_params(spec: ArchSpec) -> int:
     """Parameters of the network ``spec`` describes (built on the meta device)."""
-    import models  # late: models imports this package's spec module
-    from models.measure import count_params as _count
-    return _count(models.build(spec, device="meta"))
+    return _count_module_params(models.build(spec, device="meta"))
 
 
 def _monomials(w: np.ndarray) -> np.ndarray:

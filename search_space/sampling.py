@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .spec import PAPER_FORMS, RKCNN_SCHEMES, ArchSpec, StageSpec, StepSpec
+from models.schemes import TABLEAUX
+from models.spec import PAPER_FORMS, RKCNN_SCHEMES, ArchSpec, StageSpec, StepSpec
 
 MAX_STAGES = 3               # stages of a ResNet-style network (HO-ResNet has 1, CIFAR ResNets 3)
 MAX_LEAVES_PER_STAGE = 28    # sub-nets per stage: Euler x28 / RK4 x7 / RK8 x2 of 001 at most
 MAX_DEPTH = 2                # nesting depth (000 Table 3 goes to "twice")
-MAX_LEAVES_PER_BLOCK = 16    # nesting only where s**(d+1) stays small (midpoint twice: 8, rk4 once: 16)
+SAMPLED_LEAVES_PER_BLOCK = 16  # the space nests only where s**(d+1) stays small (midpoint twice: 8, rk4 once: 16);
+                               # a spec may nest deeper (models.spec.MAX_LEAVES_PER_BLOCK), the sampler does not
 FIXED_STEPS = (0.5, 1.0, 1.2, 2.0, 2.5, 3.0)  # 000 Table 4's factors and a damped 0.5
 RKCNN_STAGES = (2, 3, 4, 5)  # s per period (004 Tables 3-5 use 2..6)
 RKCNN_STEPS = (1, 2)         # r time-steps per period (003; 004 uses 1)
@@ -30,20 +32,10 @@ class TrialLike(Protocol):
     def suggest_int(self, name: str, low: int, high: int): ...
 
 
-def tableau_schemes() -> list[str]:
-    from models.schemes import TABLEAUX  # the registry is the list
-    return list(TABLEAUX)
-
-
-def _stages_of(scheme: str) -> int:
-    from models.schemes import TABLEAUX
-    return TABLEAUX[scheme].stages
-
-
 def _sample_resnet_stage(trial: TrialLike, i: int) -> StageSpec:
     p = f"s{i}."
     downsample = bool(trial.suggest_categorical(p + "downsample", [True, False])) if i else False
-    scheme = trial.suggest_categorical(p + "scheme", [*tableau_schemes(), "lm"])
+    scheme = trial.suggest_categorical(p + "scheme", [*TABLEAUX, "lm"])
     form, depth = "butcher", 0
     if scheme in PAPER_FORMS:
         form = trial.suggest_categorical(p + "form", ["butcher", "paper"])
@@ -51,9 +43,9 @@ def _sample_resnet_stage(trial: TrialLike, i: int) -> StageSpec:
         leaves = 1
         blocks = trial.suggest_int(p + "blocks", 2, MAX_LEAVES_PER_STAGE)
     else:
-        s = _stages_of(scheme)
-        if form == "butcher" and 1 < s and s * s <= MAX_LEAVES_PER_BLOCK:
-            deepest = max(d for d in range(MAX_DEPTH + 1) if s ** (d + 1) <= MAX_LEAVES_PER_BLOCK)
+        s = TABLEAUX[scheme].stages
+        if form == "butcher" and 1 < s and s * s <= SAMPLED_LEAVES_PER_BLOCK:
+            deepest = max(d for d in range(MAX_DEPTH + 1) if s ** (d + 1) <= SAMPLED_LEAVES_PER_BLOCK)
             depth = trial.suggest_int(p + "depth", 0, deepest)
         leaves = s ** (depth + 1)
         blocks = trial.suggest_int(p + "blocks", 1, max(1, MAX_LEAVES_PER_STAGE // leaves))

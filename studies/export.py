@@ -168,7 +168,7 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     import torch
 
     import models
-    from search_space import ArchSpec, SpecError
+    from models import ArchSpec, SpecError
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -335,7 +335,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         "```python",
         "import torch",
         "import models",
-        "from search_space import ArchSpec",
+        "from models import ArchSpec",
         "",
         'spec = ArchSpec.from_json(open("spec.json").read())',
         "model = models.build(spec)",

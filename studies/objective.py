@@ -165,7 +165,8 @@ def spec_for_trial(trial, ctx: WorkerContext):
     """The trial's network: a preset's spec (``user_attrs['preset']``, not width-solved)
     or a sampled spec with widths solved to the budget. Raises :class:`Infeasible`."""
     from models import presets
-    from search_space import BudgetError, SpecError, sample_spec, solve_widths
+    from models import SpecError
+    from search_space import BudgetError, sample_spec, solve_widths
 
     cfg = ctx.config
     preset = trial.user_attrs.get("preset")
@@ -291,7 +292,7 @@ class Job:
 def promote(record, epochs: int, ctx: WorkerContext) -> dict:
     """Train a finished trial's network at a longer fidelity; the result dict is stored
     as study user attr ``fidelity:N:E``."""
-    from search_space import ArchSpec
+    from models import ArchSpec
 
     t0 = time.perf_counter()
     spec = ArchSpec.from_json(record.user_attrs["spec"])

@@ -112,7 +112,7 @@ def _retrain_one(study, name, t, label, protocol, epochs, data, device, progress
     import models
     import trainers
     from models.measure import measure
-    from search_space import ArchSpec
+    from models import ArchSpec
 
     spec = ArchSpec.from_json(t.user_attrs["spec"])
     folder = run_dir(name, t.number, label)

@@ -321,7 +321,7 @@ def pareto_numbers(study, merged=None) -> set[int]:
 
 def spec_of(record) -> "object | None":
     """The ArchSpec stored on a trial record (``user_attrs['spec']``), or None."""
-    from search_space import ArchSpec
+    from models import ArchSpec
     text = record.user_attrs.get("spec")
     if not text:
         return None

@@ -8,7 +8,7 @@ from torch import nn
 import models
 from models.blocks import LearnableStep, LMStage, PaperBlock, PreActSubnet, RKBlock
 from models.measure import count_params
-from search_space import ArchSpec, StageSpec, StepSpec
+from models import ArchSpec, StageSpec, StepSpec
 
 
 class Affine(nn.Module):

@@ -19,7 +19,7 @@ import pytest
 
 import models
 import search
-from search_space import ArchSpec, StageSpec, StepSpec
+from models import ArchSpec, StageSpec, StepSpec
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
                                                             "google-chrome-stable")) if p), None)

@@ -16,7 +16,7 @@ import torch
 
 import models
 import search
-from search_space import ArchSpec, StageSpec
+from models import ArchSpec, StageSpec
 from studies import export
 
 SPEC = ArchSpec(stages=(StageSpec(scheme="euler", blocks=1, width=8),), name="tiny")

@@ -13,7 +13,7 @@ import torch
 import models
 from models import presets
 from models.measure import count_params
-from search_space import ArchSpec
+from models import ArchSpec
 
 ALL = presets.names()
 

@@ -6,8 +6,8 @@ import random
 import pytest
 
 import models
-from search_space import (ArchSpec, BudgetError, SpecError, StageSpec, StepSpec, count_params, parse_budget,
-                          sample_spec, solve_widths)
+from models import ArchSpec, SpecError, StageSpec, StepSpec
+from search_space import BudgetError, count_params, parse_budget, sample_spec, solve_widths
 
 
 @pytest.mark.parametrize("patch, field", [

@@ -77,7 +77,7 @@ def test_run_prints_where_the_study_is(small_study, home):
 
 
 def test_sampled_specs_meet_the_budget_or_are_pruned_with_a_reason(small_study):
-    from search_space import ArchSpec
+    from models import ArchSpec
 
     study, _, _ = small_study
     trials = study.get_trials()

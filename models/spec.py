@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .schemes import TABLEAUX
+
 RKCNN_SCHEMES = ("rkcnn-e", "rkcnn-i", "rkcnn-r")
 PAPER_FORMS = ("midpoint", "rk4")            # schemes with a "paper" form (000/001 eqs. 6-9)
 TRANSITIONS = ("resblock", "conv", "conv-attention")
@@ -23,16 +25,16 @@ class SpecError(ValueError):
     """A spec field holds a value that is not allowed; the message names both."""
 
 
-def _schemes() -> tuple[str, ...]:
-    # the tableau registry is the one list of Runge-Kutta schemes; import late
-    # so that reading a spec never needs torch until a network is built
-    from models.schemes import TABLEAUX
+def scheme_names() -> tuple[str, ...]:
+    """Every scheme a stage may name: the tableau registry (the one list of
+    Runge-Kutta schemes), ``lm`` and the RKCNN variants."""
     return (*TABLEAUX, "lm", *RKCNN_SCHEMES)
 
 
-def _stages_of(scheme: str) -> int:
-    from models.schemes import TABLEAUX
-    return TABLEAUX[scheme].stages if scheme in TABLEAUX else 1
+def subnets_per_block(scheme: str, depth: int = 0) -> int:
+    """Leaf sub-networks of one block: ``s**(depth+1)`` for a tableau of ``s``
+    stages (000 §3.5 nesting), 1 for ``lm`` and RKCNN (counted per period)."""
+    return TABLEAUX[scheme].stages ** (depth + 1) if scheme in TABLEAUX else 1
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class ArchSpec:
             _int_in("stem_width", self.stem_width, 1, 4096)
         if not isinstance(self.stages, tuple) or not self.stages:
             raise SpecError("stages: expected at least one stage")
-        schemes = _schemes()
+        schemes = scheme_names()
         size = self.image_size
         for i, s in enumerate(self.stages):
             p = f"stages[{i}]"
@@ -157,7 +159,7 @@ class ArchSpec:
                                 f"{s.scheme!r} allows 0, got {s.depth}")
             if s.depth and s.form == "paper":
                 raise SpecError(f"{p}.depth: nesting uses the 'butcher' form; form 'paper' allows 0, got {s.depth}")
-            leaves = _stages_of(s.scheme) ** (s.depth + 1)
+            leaves = subnets_per_block(s.scheme, s.depth)
             if leaves > MAX_LEAVES_PER_BLOCK:
                 raise SpecError(f"{p}.depth: {s.scheme} nested {s.depth} times has {leaves} sub-nets per block; "
                                 f"at most {MAX_LEAVES_PER_BLOCK} allowed")
