@@ -9,26 +9,180 @@
     python search.py describe NAME_OR_SPEC_FILE                        params, MACs, memory as JSON
     python search.py presets                                           list the papers' networks
 
-Commands are thin: they parse arguments and call ``studies`` (the study, its
-storage and results) or ``models`` (networks). Errors a user can fix end the
-program with a one-line message and a non-zero exit, never a traceback.
+The commands are thin: each maps its flags onto a function of ``studies`` (or
+``models``) and prints the outcome. Flags and their defaults come from those
+functions (``studies.config.RunOptions`` for ``run``, the signatures of
+``studies.retrain`` / ``export`` / ``dashboard``), never copied here. Errors a
+user can fix end the program with a one-line message and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import math
 import sys
 from pathlib import Path
+
+import pandas as pd
+
+import models
+import studies
+import trainers
+from models import ArchSpec, SpecError, presets
+from models.measure import count_macs, count_params, peak_memory
+from studies.config import RunOptions
 
 
 class UserError(Exception):
     """A problem with the command's input, reported in one line."""
 
 
-def _load_spec(name_or_file: str):
-    from models import presets
-    from models import ArchSpec
+# --------------------------------------------------------------------------
+# flags from the functions they call
+# --------------------------------------------------------------------------
 
+def _flags_from_options(parser: argparse.ArgumentParser, cls=RunOptions) -> None:
+    """One flag per field of ``cls`` with its metadata; argparse leaves a flag the user did
+    not give out of the namespace (``SUPPRESS``), so the field's own default applies."""
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        if not meta.pop("cli", True):
+            continue
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        required = meta.pop("required", False)
+        default = None if f.default is dataclasses.MISSING else f.default
+        text = meta.pop("help")
+        if not required and default not in (None, False, True, (), [], {}):
+            text += f" (default: {default})"
+        parser.add_argument(flag, dest=f.name, help=text, required=required,
+                            default=argparse.SUPPRESS, **meta)
+
+
+def _signature_default(fn, name: str):
+    return inspect.signature(fn).parameters[name].default
+
+
+def _study_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="study name")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL (default: NAME.db in the data home, ./studies-data or "
+                             "$STACKNAS_HOME)")
+
+
+def _given(args, *names: str) -> dict:
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+
+
+# --------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------
+
+def cmd_run(args) -> None:
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "study", "trials")}
+    counts = studies.run(args.study, args.trials, **options)
+    states = ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if counts.get(s))
+    print(f"study {args.study!r}: {counts['finished']}/{counts['total']} trials finished ({states or 'none'}); "
+          f"Pareto set: {counts['pareto']} trial(s)")
+    _where(args.study, getattr(args, "storage", None), counts["storage"], counts["results"])
+
+
+def _where(name: str, storage: str | None, url: str, results: str | None = None) -> None:
+    flag = f" --storage {studies.redact_url(storage)}" if storage else ""
+    print(f"storage: {studies.redact_url(url)}")
+    if results:
+        print(f"results: {results}")
+    print(f"next:    python search.py show --study {name}{flag} --pareto\n"
+          f"         python search.py retrain --study {name}{flag}\n"
+          f"         python search.py dashboard --study {name}{flag}")
+
+
+_SHOW = ["state", "val_accuracy", "memory", "params", "macs", "architecture", "proxy_epochs",
+         "retrain_test_accuracy", "preset", "fail_reason"]
+
+
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """The table's main columns as short strings, for the terminal."""
+    def num(fmt):
+        return lambda v: "" if pd.isna(v) else fmt(v)
+
+    out = df[_SHOW].copy()
+    out["val_accuracy"] = out["val_accuracy"].map(num(lambda v: f"{v:.4f}"))
+    out["retrain_test_accuracy"] = out["retrain_test_accuracy"].map(num(lambda v: f"{v:.4f}"))
+    out["memory"] = out["memory"].map(num(lambda b: f"{b / 1024:,.1f} KiB"))
+    out["params"] = out["params"].map(num(lambda v: f"{int(v):,}"))
+    out["macs"] = out["macs"].map(num(lambda v: f"{v / 1e6:,.1f}M"))
+    out["proxy_epochs"] = out["proxy_epochs"].map(num(lambda v: str(int(v))))
+    for c in ("architecture", "preset", "fail_reason"):
+        out[c] = out[c].map(lambda r: "" if not isinstance(r, str) else (r[:57] + "...") if len(r) > 60 else r)
+    return out.rename(columns={"val_accuracy": "val_acc", "retrain_test_accuracy": "test_acc",
+                               "proxy_epochs": "epochs"})
+
+
+def _print_table(df: pd.DataFrame) -> None:
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 70):
+        print(_display(df).to_string() if len(df) else "(no trials)")
+
+
+def cmd_show(args) -> None:
+    """The trials table (or the Pareto set) and a one-line summary; ``--csv`` writes all columns."""
+    study = studies.open_study(args.study, args.storage)
+    table = studies.trials_table(study)
+    df = table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False) if args.pareto else table
+    if args.csv:
+        df.to_csv(args.csv)
+    _print_table(df)
+    c = studies.lineage_counts(study.get_trials(deepcopy=False))
+    states = ", ".join(f"{c[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING") if c.get(s))
+    done = table[(table["state"] == "COMPLETE") & table["val_accuracy"].notna() & table["memory"].notna()]
+    hv = studies.hypervolume(done["val_accuracy"], done["memory"], normalize=True) if len(done) else 0.0
+    print(f"study {args.study!r}: {c['total']} trials ({states or 'none'}); Pareto set "
+          f"{int(table['pareto'].astype(bool).sum())} (accuracy vs {study.user_attrs.get('memory', 'inference')} "
+          f"memory), hypervolume {hv:.4f}; storage {studies.redact_url(studies.resolve_url(args.study, args.storage))}")
+    if args.csv:
+        print(f"table written to {args.csv}")
+
+
+def cmd_retrain(args) -> None:
+    kw = _given(args, "protocol", "epochs", "data", "synthetic", "device", "progress")
+    studies.retrain(args.study, args.storage, **kw)
+    df = studies.trials_table(studies.open_study(args.study, args.storage))
+    done = df[df["retrain_test_accuracy"].notna()]
+    if len(done):
+        _print_table(done)
+        nets = done[done["duplicate_of"].isna()]          # a duplicate is its twin's network
+        tau = studies.kendall_tau(nets["val_accuracy"], nets["retrain_test_accuracy"])
+        print(f"Kendall's tau (proxy vs retrained accuracy, {len(nets)} networks): "
+              + ("n/a" if math.isnan(tau) else f"{tau:+.3f}"))
+    print(f"weights under {studies.data_home() / 'runs' / args.study}")
+    _where(args.study, args.storage, studies.resolve_url(args.study, args.storage))
+
+
+def cmd_dashboard(args) -> None:
+    summary = studies.dashboard(args.study, args.storage, args.out)
+    if summary["message"]:
+        print(summary["message"])
+    else:
+        tau = summary["kendall_tau"]
+        print(f"{summary['complete']} completed trials, {summary['pareto']} on the Pareto front, "
+              f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:.3f})" if tau is not None else ""))
+    out = Path(summary["path"])
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, self-contained)")
+    if args.open:
+        import webbrowser  # noqa: PLC0415 - only for --open
+        webbrowser.open(out.resolve().as_uri())
+
+
+def cmd_export(args) -> None:
+    summary = studies.export(args.study, args.out, trial=None if args.best else args.trial, storage=args.storage,
+                             force=args.force, device=args.device)
+    print(f"exported trial {summary['trial']} ({summary['rule']}) to {args.out}: "
+          f"{', '.join(Path(f).name for f in summary['files'])}")
+
+
+def _load_spec(name_or_file: str) -> ArchSpec:
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
@@ -37,15 +191,11 @@ def _load_spec(name_or_file: str):
             text = path.read_text()
         except OSError as e:
             raise UserError(f"cannot read spec file {name_or_file!r}: {e.strerror}") from None
-        spec = ArchSpec.from_json(text)
-        return spec.validate(require_widths=True)
+        return ArchSpec.from_json(text).validate(require_widths=True)
     return presets.get(name_or_file)
 
 
 def cmd_describe(args) -> None:
-    import models
-    from models.measure import count_macs, count_params, peak_memory
-
     spec = _load_spec(args.spec)
     net = models.build(spec)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -63,93 +213,60 @@ def cmd_describe(args) -> None:
 
 
 def cmd_presets(args) -> None:
-    from models import presets
-
     for name in presets.names():
         i = presets.info(name)
         print(f"{name:32s} {i.paper_params or '':>9s}  {i.source}")
 
 
-def _study_cmd(fn_name: str):
-    def run(args):
-        import studies
-        getattr(studies, fn_name)(args)
-    return run
-
+# --------------------------------------------------------------------------
+# the parser
+# --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def study_args(sp):
-        sp.add_argument("--study", required=True, help="study name")
-        sp.add_argument("--storage", default=None,
-                        help="Optuna storage URL (default sqlite:///studies/NAME.db; PostgreSQL for many machines)")
-
     r = sub.add_parser("run", help="create or resume a study and run trials")
-    study_args(r)
-    r.add_argument("--budget", default="1.0M", help="parameter budget, e.g. 1.0M or 250k")
-    r.add_argument("--tolerance", type=float, default=0.02, help="relative distance to the budget allowed")
-    r.add_argument("--trials", type=int, required=True, help="trials to complete in the study (total)")
-    r.add_argument("--proxy-epochs", type=int, default=None, help="epochs of the shortest proxy (first rung)")
-    r.add_argument("--rungs", type=int, default=None, help="fidelity rungs of successive halving")
-    r.add_argument("--data", default=None, help="folder holding cifar-10-batches-py (downloaded if missing)")
-    r.add_argument("--synthetic", action="store_true", help="small synthetic 10-class data (CPU demo, tests)")
-    r.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    r.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
-    r.add_argument("--memory", choices=["inference", "training"], default="inference",
-                   help="memory objective (SPEC §4)")
-    r.add_argument("--enqueue-presets", nargs="*", default=None, metavar="PRESET",
-                   help="papers' presets to evaluate as trials (no names: those near the budget)")
-    r.add_argument("--seed", type=int, default=0,
-                   help="sampler seed (give each machine sharing a study its own)")
-    r.add_argument("--eta", type=int, default=None,
-                   help="successive halving: the best 1/ETA of a rung is promoted to ETA x the epochs (default 3)")
-    r.add_argument("--proxy-hparams", default=None, metavar="JSON",
-                   help="overrides of the proxy trainer's hyperparameters, e.g. '{\"lr\": 0.2}' (fixed per study)")
-    r.add_argument("--synthetic-images", type=int, default=None, metavar="N",
-                   help="with --synthetic: training images (validation and test: N/4, at least 64; default 1024)")
-    r.add_argument("--synthetic-image-size", type=int, default=None, metavar="PX",
-                   help="with --synthetic: image side in pixels (default 32)")
-    r.add_argument("--heartbeat", type=int, default=None, metavar="SECONDS",
-                   help="heartbeat interval of running trials (default 60); silent for 3 beats = failed and retried")
-    r.add_argument("--max-retry", type=int, default=None,
-                   help="retries of a trial whose worker died (default 3)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.set_defaults(func=_study_cmd("run_command"))
+    _flags_from_options(r)
+    r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("retrain", help="fully retrain the Pareto set")
-    study_args(t)
-    t.add_argument("--protocol", default="fast", help="fast | ho-resnet | lm-resnet")
-    t.add_argument("--data", default=None)
-    t.add_argument("--synthetic", action="store_true")
-    t.add_argument("--device", default=None)
-    t.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=_study_cmd("retrain_command"))
+    _study_flags(t)
+    protocols = [k for k in trainers.PROTOCOLS if k != "proxy"]
+    t.add_argument("--protocol", choices=protocols, default=argparse.SUPPRESS,
+                   help=f"training protocol (default: {_signature_default(studies.retrain, 'protocol')})")
+    t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="override the protocol's epochs")
+    t.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
+                   help="where CIFAR-10 is on this machine (default: the folder the study searched with)")
+    t.add_argument("--synthetic", action="store_true", default=argparse.SUPPRESS,
+                   help="the study searched on synthetic data (its own settings decide; this only checks)")
+    t.add_argument("--device", default=argparse.SUPPRESS, help="cuda or cpu (default: cuda if available)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bars")
+    t.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("show", help="table of trials (pandas)")
-    study_args(s)
+    _study_flags(s)
     s.add_argument("--pareto", action="store_true", help="only the Pareto set")
     s.add_argument("--csv", default=None, help="also write the table to this CSV file")
-    s.set_defaults(func=_study_cmd("show_command"))
+    s.set_defaults(func=cmd_show)
 
     d = sub.add_parser("dashboard", help="self-contained HTML dashboard of a study")
-    study_args(d)
-    d.add_argument("--out", default=None, help="HTML file (default studies/NAME.html)")
+    _study_flags(d)
+    d.add_argument("--out", default=None, help="HTML file (default: NAME.html in the data home)")
     d.add_argument("--open", action="store_true", help="open it in a browser")
-    d.set_defaults(func=_study_cmd("dashboard_command"))
+    d.set_defaults(func=cmd_dashboard)
 
     e = sub.add_parser("export", help="export a trial as spec, weights, torch.export program and card")
-    study_args(e)
+    _study_flags(e)
     g = e.add_mutually_exclusive_group()
     g.add_argument("--trial", type=int, default=None, help="trial number")
     g.add_argument("--best", action="store_true", help="best on the front (default)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="overwrite an existing output folder")
-    e.add_argument("--device", default=None)
-    e.set_defaults(func=_study_cmd("export_command"))
+    e.add_argument("--device", default=None, help="device the program is exported on (default: cpu)")
+    e.set_defaults(func=cmd_export)
 
     ds = sub.add_parser("describe", help="params, MACs and memory of a preset or spec file, as JSON")
     ds.add_argument("spec", help="preset name (see `presets`) or a spec JSON file")
@@ -163,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from models import SpecError
     try:
         args.func(args)
     except (UserError, SpecError, ValueError, FileNotFoundError) as e:

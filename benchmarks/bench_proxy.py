@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark the proxy trainer against a naive PyTorch CIFAR-10 loop (SPEC §5 "Proxy").
+"""Benchmark the proxy trainer against a naive PyTorch CIFAR-10 loop.
 
 For one model factory (default: the ``ho-euler-x14`` preset, HO-ResNet
 Euler x14, 1.03M parameters) it measures, in the same process:
 
-* **proxy**: one whole proxy trial through ``trainers.train_proxy`` - setup
+* **proxy**: one whole proxy trial through ``trainers.train`` (protocol ``proxy``) - setup
   (data to the device, model, optimiser), optional torch.compile, training
   (``--epochs``, default the proxy's own), evaluation on the validation split -
   with training images/s over all epochs and over the last epoch;
@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import trainers  # noqa: E402
-from trainers import _common  # noqa: E402
+from trainers import _runtime  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- models
@@ -168,8 +168,8 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- proxy
 def _run_proxy(args, make_model, data, device, compile: bool) -> dict:
     hparams = {"batch_size": args.batch_size} if args.batch_size else None
-    r = trainers.train_proxy(make_model, data, epochs=args.epochs, device=device, seed=0,
-                             hparams=hparams, compile=compile, progress=not args.no_progress)
+    r = trainers.train(make_model, data, protocol="proxy", epochs=args.epochs, device=device, seed=0,
+                       hparams=hparams, compile=compile, progress=not args.no_progress)
     d = r.to_dict()
     last = r.history[-1] if r.history else None
     d["last_epoch_images_per_second"] = (last["images"] / last["seconds"]
@@ -185,8 +185,8 @@ def _provenance(device: torch.device) -> dict:
         "argv": sys.argv[1:], "python": platform.python_version(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-        "device": _common._device_name(device), "cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "git_commit": _common._git_commit(),
+        "device": _runtime.device_name(device), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "git_commit": _runtime.git_commit(),
     }
 
 
@@ -201,7 +201,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="ho-euler-x14", help="models preset name, or 'tiny'")
     p.add_argument("--epochs", type=int, default=None,
                    help="proxy epochs (default: the proxy's own, "
-                        f"{trainers.DEFAULT_HPARAMS['epochs']})")
+                        f"{trainers.PROTOCOLS['proxy']['epochs']})")
     p.add_argument("--compile", action="store_true", help="also run a torch.compile'd proxy trial")
     p.add_argument("--batch-size", type=int, default=None, help="proxy batch size override")
     p.add_argument("--baseline-batch-size", type=int, default=128)
@@ -221,7 +221,7 @@ def _parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = _parse(argv)
-    device = _common._resolve_device(args.device)
+    device = _runtime.resolve_device(args.device)
     if args.synthetic:
         data = trainers.synthetic(args.n_train, args.n_val, 16, image_size=args.image_size)
     else:
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out / f"bench_proxy-{device.type}-{stamp}.json"
-    path.write_text(json.dumps(_common._jsonable(report), indent=2) + "\n")
+    path.write_text(json.dumps(_runtime.jsonable(report), indent=2) + "\n")
     print(f"wrote {path}")
     return report
 

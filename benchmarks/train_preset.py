@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--synthetic", action="store_true", help="small synthetic data (smoke check)")
     p.add_argument("--device", default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the proxy's / protocol's epochs")
-    p.add_argument("--protocol", default="fast", help="retrain protocol: " + ", ".join(trainers.PROTOCOLS))
+    p.add_argument("--protocol", default="fast", help="retrain protocol: " + ", ".join(p for p in trainers.PROTOCOLS if p != "proxy"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="retrain: continue from the checkpoint")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -58,13 +58,13 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "proxy":
-        result = trainers.train_proxy(make_model, data, epochs=args.epochs, device=args.device, seed=args.seed)
-        score = ("val_accuracy", result.val_accuracy)
+        result = trainers.train(make_model, data, protocol="proxy", epochs=args.epochs, device=args.device,
+                                seed=args.seed)
     else:
         ckpt = out / f"checkpoint-{spec.name}-{args.protocol}.pt"
-        result = trainers.retrain(make_model, data, protocol=args.protocol, checkpoint_path=ckpt,
-                                  resume=args.resume, device=args.device, seed=args.seed, epochs=args.epochs)
-        score = ("test_accuracy", result.test_accuracy)
+        result = trainers.train(make_model, data, protocol=args.protocol, checkpoint_path=ckpt,
+                                resume=args.resume, device=args.device, seed=args.seed, epochs=args.epochs)
+    score = (f"{result.score_on}_accuracy", result.accuracy)
     record = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
         "mode": args.mode, "preset": spec.name, "architecture": models.describe(spec),

@@ -1,4 +1,4 @@
-"""A self-contained HTML dashboard of a study (SPEC §7, ``search.py dashboard``).
+"""A self-contained HTML dashboard of a study (``search.py dashboard``).
 
 One HTML file, plotly.js inlined (works offline, mailable), built from any
 study in any Optuna storage, finished or still running:
@@ -23,16 +23,20 @@ from __future__ import annotations
 import html
 import json
 import math
-import sys
-import webbrowser
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-__all__ = ["PLOT_IDS", "build_dashboard", "dashboard_command", "trials_frame", "write_dashboard"]
+import models
 
-PLOT_IDS = ("pareto-plot", "cost-plot", "retrain-plot", "history-plot")
+from .objective import scheme_label
+from .results import kendall_tau, pareto_mask, spec_of, trials_table, trials_with_results
+from .storage import data_home, open_existing, redact_url
+
+__all__ = ["build_dashboard", "dashboard", "trials_frame", "write_dashboard"]
 
 # a qualitative palette (plotly's "Plotly" + "D3" sets): schemes keep their colour across plots
 _PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
@@ -56,15 +60,6 @@ def _num(v):
     return v if math.isfinite(v) else None
 
 
-def _scheme_label(spec) -> str:
-    seen = []
-    for s in spec.stages:
-        label = s.scheme + ("(paper)" if s.form == "paper" else "") + ("-nested" if s.depth else "")
-        if label not in seen:
-            seen.append(label)
-    return "+".join(seen)
-
-
 def trials_frame(study) -> pd.DataFrame:
     """One row per trial (any state) for the page, from :func:`studies.trials_table`
     (promotion and retrain results folded in): accuracies in percent, memory in
@@ -73,8 +68,6 @@ def trials_frame(study) -> pd.DataFrame:
     A study made by other means (no user attrs) still plots: accuracy and
     memory then come from the trial's two objective values.
     """
-    from .table import pareto_mask, spec_of, trials_table, trials_with_results
-
     merged = {t.number: t for t in trials_with_results(study)}
     table = trials_table(study, list(merged.values())).reset_index()
     rows = []
@@ -95,9 +88,8 @@ def trials_frame(study) -> pd.DataFrame:
             except Exception:  # noqa: BLE001 - the table must still show the trial
                 spec = None
             if spec is not None:
-                scheme = scheme or _scheme_label(spec)
+                scheme = scheme or scheme_label(spec)
                 if not arch:
-                    import models
                     arch = models.describe(spec)
         inf_b, tr_b = _num(r.get("inference_bytes_per_image")), _num(r.get("training_bytes_per_image"))
         rows.append(dict(
@@ -145,7 +137,6 @@ def _first_line(text) -> str:
 
 
 def _tau(x, y) -> float | None:
-    from .table import kendall_tau
     tau = kendall_tau(x, y)
     return None if tau is None or not math.isfinite(tau) else float(tau)
 
@@ -184,8 +175,6 @@ def _ok(v) -> bool:
 
 
 def _pareto_figure(done: pd.DataFrame, colours: dict, memory_label: str):
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     # front points first in each trace: plotly draws a trace's legend entry like its first point
     plain = done[~done["is_preset"]].sort_values(["pareto", "number"], ascending=[False, True])
@@ -232,9 +221,6 @@ def _pareto_figure(done: pd.DataFrame, colours: dict, memory_label: str):
 
 
 def _cost_figure(done: pd.DataFrame, colours: dict):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
                         subplot_titles=("accuracy vs parameters", "accuracy vs MACs per image"))
     for scheme, g in done.groupby("scheme", sort=True):
@@ -253,8 +239,6 @@ def _cost_figure(done: pd.DataFrame, colours: dict):
 
 
 def _retrain_figure(done: pd.DataFrame, colours: dict, tau: float | None, n: int):
-    import plotly.graph_objects as go
-
     both = done[done["retrain_accuracy"].notna() & done["accuracy"].notna()]
     fig = go.Figure()
     for scheme, g in both.groupby("scheme", sort=True):
@@ -279,8 +263,6 @@ def _retrain_figure(done: pd.DataFrame, colours: dict, tau: float | None, n: int
 
 
 def _history_figure(done: pd.DataFrame, colours: dict):
-    import plotly.graph_objects as go
-
     d = done.sort_values("number")
     best = d["accuracy"].cummax()
     fig = go.Figure()
@@ -435,8 +417,6 @@ def build_dashboard(study, storage_url: str | None = None) -> tuple[str, dict]:
     ``kendall_tau`` and ``plots``: markers per plot div id. ``message`` is set
     (and shown in the page) when the study has no completed trials.
     """
-    from .storage import redact_url
-
     frame = trials_frame(study)
     states = frame["state"].value_counts().to_dict() if len(frame) else {}
     done = frame[frame["state"] == "COMPLETE"].copy()
@@ -531,26 +511,14 @@ def write_dashboard(study, out: str | Path, storage_url: str | None = None) -> d
     return summary
 
 
-def dashboard_command(args) -> None:
-    """``search.py dashboard --study NAME [--storage URL] [--out FILE] [--open]``."""
-    from . import open_study
-    from .storage import studies_dir
-
-    study, storage = open_study(args.study, args.storage)
-    out = Path(args.out) if args.out else studies_dir() / f"{args.study}.html"
+def dashboard(study: str, storage: str | None = None, out: str | Path | None = None) -> dict:
+    """Write the dashboard of ``study`` (default ``<data home>/NAME.html``); return its summary
+    (counts, Kendall's tau, markers per plot, ``path``)."""
+    out = Path(out) if out else data_home() / f"{study}.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out {str(out)!r}: expected an .html file")
-    summary = write_dashboard(study, out, storage)
-    if summary["message"]:
-        print(summary["message"])
-    else:
-        tau = summary["kendall_tau"]
-        print(f"{summary['complete']} completed trials, {summary['pareto']} on the Pareto front, "
-              f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:.3f})" if tau is not None else ""))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, self-contained)")
-    if getattr(args, "open", False):
-        webbrowser.open(out.resolve().as_uri())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: python search.py dashboard --study NAME")
+    store = open_existing(study, storage)
+    try:
+        return write_dashboard(store.study(), out, store.url)
+    finally:
+        store.close()

@@ -1,4 +1,4 @@
-"""Export a trial as a PyTorch module that runs with torch alone (SPEC §7, ``search.py export``).
+"""Export a trial as a PyTorch module that runs with torch alone (``search.py export``).
 
 The output folder holds
 
@@ -25,10 +25,15 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .storage import redact_url
-from .table import _finite, pareto_numbers, trials_with_results
+import torch
 
-__all__ = ["FILES", "export_command", "export_trial", "find_weights", "select_trial"]
+import models
+from models import ArchSpec, SpecError
+
+from .results import _finite, pareto_numbers, trials_with_results
+from .storage import data_home, open_existing, redact_url, sqlite_path
+
+__all__ = ["FILES", "export", "export_trial", "find_weights", "select_trial"]
 
 FILES = ("spec.json", "weights.pt", "model.pt2", "model_card.md")
 ATOL = 1e-5
@@ -60,7 +65,7 @@ def select_trial(study, number: int | None = None):
             why = t.user_attrs.get("fail_reason") or "no reason recorded"
             raise ValueError(f"trial {number} of study {name!r} failed ({_one_line(why)}); nothing to export")
         if t.state.name == "PRUNED":
-            why = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or "no reason recorded"
+            why = t.user_attrs.get("fail_reason") or "no reason recorded"
             raise ValueError(f"trial {number} of study {name!r} was pruned ({_one_line(why)}); nothing to export")
         if t.state.name != "COMPLETE":
             raise ValueError(f"trial {number} of study {name!r} is {t.state.name.lower()}, not complete; "
@@ -96,8 +101,6 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
     SQLite study database. Raises a one-line ValueError telling the user to
     run ``search.py retrain`` when the trial has no weights.
     """
-    from .storage import _sqlite_path, studies_dir
-
     a = trial.user_attrs
     raw = a.get("weights_path")
     if not raw:
@@ -109,9 +112,9 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
                          f"first (export never writes an untrained network)")
     path = Path(raw).expanduser()
     candidates = [path]
-    db = _sqlite_path(storage_url or "")
+    db = sqlite_path(storage_url or "")
     if not path.is_absolute():
-        candidates += [studies_dir() / path] + ([db.parent / path] if db is not None else [])
+        candidates += [data_home() / path] + ([db.parent / path] if db is not None else [])
     for c in candidates:
         if c.is_file():
             return c
@@ -119,8 +122,6 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
 
 
 def _load_state_dict(path: Path) -> dict:
-    import torch
-
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file
@@ -148,8 +149,6 @@ def _sha256(path: Path) -> str:
 
 def _export_program(model, example):
     """``torch.export`` with a dynamic batch dimension, static if that fails."""
-    import torch
-
     try:
         ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}})
         return ep, True
@@ -165,11 +164,6 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     the eager network's logits (``atol=1e-5``) on a batch of 2 and, when the
     batch is dynamic, on a single image.
     """
-    import torch
-
-    import models
-    from models import ArchSpec, SpecError
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
@@ -250,10 +244,6 @@ def _int(v) -> str:
 
 def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str | None = None) -> str:
     """The markdown model card of an exported trial."""
-    import torch
-
-    import models
-
     a = trial.user_attrs
     on_front = trial.number in pareto_numbers(study, trials_with_results(study))
     arch = a.get("architecture") or models.describe(spec)
@@ -350,11 +340,14 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
     return "\n".join(lines)
 
 
-def export_command(args) -> None:
-    """``search.py export --study NAME [--trial N | --best] --out DIR [--force] [--device D]``."""
-    from . import open_study
-
-    study, storage = open_study(args.study, args.storage)
-    trial, rule = select_trial(study, None if getattr(args, "best", False) else args.trial)
-    export_trial(study, trial, args.out, rule=rule, force=args.force, device=args.device, storage_url=storage)
-    print(f"exported trial {trial.number} ({rule}) to {args.out}: {', '.join(FILES)}")
+def export(study: str, out: str | Path, *, trial: int | None = None, storage: str | None = None,
+           force: bool = False, device: str | None = None) -> dict:
+    """Export trial ``trial`` of ``study`` (default: the best, see :func:`select_trial`) into
+    the folder ``out``; return the summary (``rule`` says how the trial was chosen)."""
+    store = open_existing(study, storage)
+    try:
+        st = store.study()
+        record, rule = select_trial(st, trial)
+        return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
+    finally:
+        store.close()

@@ -1,20 +1,21 @@
-"""One trial: trial -> spec -> budget -> build -> measure -> proxy -> two objectives (SPEC §3-§4).
+"""One trial: its network, its costs, its proxy score.
 
-The study's settings live in its user attributes (:class:`StudyConfig`), so
-every worker on every machine evaluates trials the same way.
+A trial is evaluated in two parts, so that a worker can do the first for the
+next trial while the device trains the current one:
 
-Outcomes of :func:`evaluate`:
+* :func:`prepare` (CPU): the spec - a paper preset, or sampled by the
+  sampler and its widths solved to the budget - then build, count and
+  measure; everything is stored on ``trial.user_attrs``. Raises
+  :class:`Infeasible` when no widths meet the budget (the worker marks the
+  trial PRUNED before any training, with the reason and a positive
+  ``budget`` constraint, so the TPE sampler learns to avoid the region). A
+  network already evaluated in the study (TPE re-proposes some) is not
+  trained again: its twin's results are copied, with ``duplicate_of``.
+* :func:`train` (device): the proxy; returns ``(val_accuracy, memory)`` or
+  raises :class:`TrialFailed` when it diverged or ran out of memory (the
+  trial is FAIL with the reason and the study goes on).
 
-* returns ``(val_accuracy, memory)``: the trial is COMPLETE;
-* raises :class:`Infeasible`: no widths meet the budget (or the sampled spec
-  is invalid); the worker marks the trial **PRUNED** before any training,
-  with ``fail_reason`` and a positive ``budget`` constraint
-  (``trial.set_constraint``), so the TPE sampler learns to avoid the region;
-* a network already evaluated in the study (TPE re-proposes some) is not
-  trained again: its twin's results are copied, with ``duplicate_of``;
-* raises :class:`TrialFailed`: the proxy diverged (NaN/inf loss) or ran out
-  of memory; the worker marks the trial **FAIL** with ``fail_reason`` and the
-  study goes on.
+:func:`promote` trains a finished trial's network at a longer fidelity.
 """
 from __future__ import annotations
 
@@ -24,15 +25,22 @@ import math
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-__all__ = ["CONFIG_FORMAT", "Infeasible", "Job", "StudyConfig", "TrialFailed", "WorkerContext", "evaluate",
-           "load_data", "promote", "spec_for_trial", "worker_name"]
+import optuna
+from optuna.trial import TrialState
 
-CONFIG_FORMAT = 1
-SYNTHETIC_DEFAULT = dict(n_train=1024, n_val=256, n_test=256, image_size=32, seed=0)
+import models
+import trainers
+from models import ArchSpec, SpecError, presets
+from models.measure import measure
+from search_space import BudgetError, sample_spec, solve_widths, within_budget
+
+from .config import StudySettings
+
+__all__ = ["Infeasible", "Prepared", "TrialFailed", "WorkerContext", "load_data", "prepare", "promote",
+           "spec_key", "train", "worker_name"]
 
 
 class Infeasible(Exception):
@@ -51,49 +59,18 @@ class TrialFailed(Exception):
         self.reason, self.status = reason, status
 
 
-@dataclass
-class StudyConfig:
-    """Settings fixed when a study is created, stored as flat study user attrs."""
+def worker_name() -> str:
+    """``host:pid`` of this process (what a test kills, what a claim names)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    budget: int                          # parameters
-    tolerance: float = 0.02              # relative distance to the budget allowed
-    memory: str = "inference"            # memory objective: "inference" | "training" bytes per image
-    proxy_epochs: int = 8                # epochs of rung 0
-    rungs: int = 1                       # fidelities: proxy_epochs * eta**k, k < rungs
-    eta: int = 3                         # promotion keeps the best 1/eta of a rung
-    data: dict = field(default_factory=lambda: {"kind": "cifar10", "root": "data"})
-    proxy_hparams: dict = field(default_factory=dict)   # overrides of trainers.DEFAULT_HPARAMS
-    heartbeat_interval: int = 60         # seconds; grace period = 3 beats
-    max_retry: int = 3                   # retries of a trial whose worker died
-    uid: str = ""                        # names this study's claims
-    format: int = CONFIG_FORMAT
 
-    def epochs(self, rung: int) -> int:
-        return int(self.proxy_epochs * self.eta ** rung)
-
-    @property
-    def fidelities(self) -> list[int]:
-        return [self.epochs(k) for k in range(self.rungs)]
-
-    @property
-    def memory_key(self) -> str:
-        return f"{self.memory}_bytes_per_image"
-
-    def save(self, study) -> None:
-        for f in dataclasses.fields(self):
-            study.set_user_attr(f.name, getattr(self, f.name))
-
-    @classmethod
-    def load(cls, study) -> "StudyConfig | None":
-        a = study.user_attrs
-        if "uid" not in a or "budget" not in a:
-            return None
-        kw = {f.name: a[f.name] for f in dataclasses.fields(cls) if f.name in a}
-        return cls(**kw)
-
-    @staticmethod
-    def new_uid() -> str:
-        return uuid.uuid4().hex[:12]
+def load_data(data: dict, root: str | None = None) -> trainers.Dataset:
+    """The study's dataset: ``{"kind": "synthetic", n_train, n_val, n_test, image_size, seed}``
+    or ``{"kind": "cifar10", "root": DIR}`` (torchvision downloads it when missing)."""
+    if data.get("kind") == "synthetic":
+        keys = ("n_train", "n_val", "n_test", "image_size", "seed")
+        return trainers.synthetic(**{k: data[k] for k in keys if k in data})
+    return trainers.load_cifar10(root or data.get("root") or "data", download=True)
 
 
 @dataclass
@@ -101,109 +78,58 @@ class WorkerContext:
     """What one worker process needs to evaluate trials."""
 
     study_name: str
-    config: StudyConfig
+    settings: StudySettings
     device: str
     progress: bool = True
     worker: str = ""
-    data_root: str | None = None     # overrides config.data["root"] (CIFAR-10 on this machine)
-    _data: object = None
+    data_root: str | None = None     # overrides settings.data["root"] (CIFAR-10 on this machine)
+    _data: trainers.Dataset | None = field(default=None, repr=False)
 
     @property
-    def data(self):
+    def data(self) -> trainers.Dataset:
         if self._data is None:
-            self._data = load_data(self.config.data, self.data_root)
+            self._data = load_data(self.settings.data, self.data_root)
         return self._data
 
     @property
     def image_size(self) -> int:
-        return int(self.config.data.get("image_size", 32))
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def load_data(data: dict, root: str | None = None):
-    """The study's dataset: ``{"kind": "synthetic", n_train, n_val, n_test, image_size, seed}``
-    or ``{"kind": "cifar10", "root": DIR}`` (torchvision downloads it when missing)."""
-    import trainers
-
-    if data.get("kind") == "synthetic":
-        kw = {k: data[k] for k in SYNTHETIC_DEFAULT if k in data}
-        return trainers.synthetic(**kw)
-    return trainers.load_cifar10(root or data.get("root") or "data", download=True)
+        return int(self.settings.data.get("image_size", 32))
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _stage_scheme(s) -> str:
-    return s.scheme + ("(paper)" if s.form == "paper" else "") + ("-nested" if s.depth else "")
+def stage_scheme(stage) -> str:
+    """A stage's scheme as tables and colours name it: ``rk4(paper)``, ``midpoint-nested``."""
+    return stage.scheme + ("(paper)" if stage.form == "paper" else "") + ("-nested" if stage.depth else "")
 
 
-def _scheme_label(spec) -> str:
-    seen: list[str] = []
-    for s in spec.stages:
-        if _stage_scheme(s) not in seen:
-            seen.append(_stage_scheme(s))
-    return "+".join(seen)
+def scheme_label(spec: ArchSpec) -> str:
+    """The distinct stage schemes of a network, in order, joined by ``+``."""
+    return "+".join(dict.fromkeys(stage_scheme(s) for s in spec.stages))
 
 
-def _test_sleep(number: int) -> None:
-    """Test hook: ``STACKNAS_TEST_SLEEP=SECONDS`` or ``N1,N2:SECONDS`` sleeps at the
-    start of those trials, after sampling (so a test can kill a worker mid-trial)."""
-    spec = os.environ.get("STACKNAS_TEST_SLEEP")
-    if not spec:
-        return
-    numbers, _, secs = spec.rpartition(":")
-    if not numbers or number in {int(n) for n in numbers.split(",") if n.strip()}:
-        time.sleep(float(secs))
-
-
-def spec_for_trial(trial, ctx: WorkerContext):
+def spec_for_trial(trial: optuna.Trial, ctx: WorkerContext) -> ArchSpec:
     """The trial's network: a preset's spec (``user_attrs['preset']``, not width-solved)
     or a sampled spec with widths solved to the budget. Raises :class:`Infeasible`."""
-    from models import presets
-    from models import SpecError
-    from search_space import BudgetError, sample_spec, solve_widths
-
-    cfg = ctx.config
+    budget, tol = ctx.settings.budget, ctx.settings.tolerance
     preset = trial.user_attrs.get("preset")
     if preset:
-        spec = presets.get(preset)
-        _test_sleep(trial.number)
-        return dataclasses.replace(spec, image_size=ctx.image_size).validate(require_widths=True)
-    spec = sample_spec(trial)
-    _test_sleep(trial.number)            # test hook: after sampling, so a retry has the same parameters
-    spec = dataclasses.replace(spec, name=f"{ctx.study_name}-trial{trial.number}", image_size=ctx.image_size)
+        return dataclasses.replace(presets.get(preset), image_size=ctx.image_size).validate(require_widths=True)
+    spec = dataclasses.replace(sample_spec(trial), name=f"{ctx.study_name}-trial{trial.number}",
+                               image_size=ctx.image_size)
     try:
-        return solve_widths(spec, cfg.budget, cfg.tolerance)
+        return solve_widths(spec, budget, tol)
     except BudgetError as e:
         near = [v for v in (e.below, e.above) if v is not None]
-        gap = min(abs(v - cfg.budget) for v in near) / cfg.budget if near else 1.0
+        gap = min(abs(v - budget) for v in near) / budget if near else 1.0
         nearest = " / ".join(f"{v:,}" for v in near) or "none"
-        reason = (f"budget: no widths (multiples of 8) within {cfg.tolerance:.0%} of {cfg.budget:,} params; "
+        reason = (f"budget: no widths (multiples of 8) within {tol:.0%} of {budget:,} params; "
                   f"nearest achievable {nearest}")
-        raise Infeasible(reason, max(gap - cfg.tolerance, 1e-6)) from None
+        raise Infeasible(reason, max(gap - tol, 1e-6)) from None
     except SpecError as e:
         raise Infeasible(f"invalid spec: {e}", 1.0) from None
-
-
-def _set_attrs(trial, attrs: dict) -> None:
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-
-
-def _proxy(spec, ctx: WorkerContext, epochs: int):
-    import models
-    import trainers
-
-    return trainers.train_proxy(lambda: models.build(spec), ctx.data, epochs=epochs, device=ctx.device,
-                                seed=0, hparams=ctx.config.proxy_hparams or None, progress=ctx.progress)
-
-
-_OWN_ATTRS = {"worker", "ticket", "preset", "duplicate_of", "fail_reason", "traceback"}
 
 
 def spec_key(spec_json: str) -> str:
@@ -213,10 +139,8 @@ def spec_key(spec_json: str) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _twin(trial, spec):
+def _twin(trial: optuna.Trial, spec: ArchSpec):
     """An earlier COMPLETE trial (not itself a duplicate) with the same network, or None."""
-    from optuna.trial import TrialState
-
     key = spec_key(spec.to_json())
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.number != trial.number and t.user_attrs.get("spec") and "duplicate_of" not in t.user_attrs \
@@ -225,31 +149,44 @@ def _twin(trial, spec):
     return None
 
 
-def evaluate(trial, ctx: WorkerContext) -> tuple[float, float]:
-    """Evaluate one trial at the first fidelity; store everything on ``trial.user_attrs``."""
-    import models
-    from models.measure import measure
-    from search_space import within_budget
+_OWN_ATTRS = {"worker", "ticket", "preset", "duplicate_of", "fail_reason", "traceback"}
 
-    cfg = ctx.config
+
+@dataclass
+class Prepared:
+    """A trial whose CPU work is done: its spec and measurements are on the trial; ``values``
+    is set when it needs no training (a duplicate of an earlier network)."""
+
+    trial: optuna.Trial
+    spec: ArchSpec
+    memory: float                         # the study's memory objective, bytes per image
+    values: tuple[float, float] | None = None
+    seconds: float = 0.0                  # wall seconds of the CPU work
+
+
+def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
+    """Sample (or take the preset), solve widths, build, measure; store it all on the trial."""
+    t0 = time.perf_counter()
+    cfg = ctx.settings
     spec = spec_for_trial(trial, ctx)
     preset = trial.user_attrs.get("preset")
     twin = None if preset else _twin(trial, spec)      # a preset is always evaluated as itself
     if twin is not None:
         # the sampler proposed a network already evaluated: reuse its result, train nothing
         trial.set_constraint("budget", 0.0)
-        _set_attrs(trial, {k: v for k, v in twin.user_attrs.items() if k not in _OWN_ATTRS})
+        for k, v in twin.user_attrs.items():
+            if k not in _OWN_ATTRS:
+                trial.set_user_attr(k, v)
         trial.set_user_attr("duplicate_of", twin.number)
-        return float(twin.values[0]), float(twin.values[1])
-    net = models.build(spec, device=ctx.device)
-    m = measure(net, (spec.in_channels, spec.image_size, spec.image_size))
-    del net
+        values = (float(twin.values[0]), float(twin.values[1]))
+        return Prepared(trial, spec, values[1], values, time.perf_counter() - t0)
+    m = measure(models.build(spec, device=ctx.device), (spec.in_channels, spec.image_size, spec.image_size))
     if not preset and not within_budget(m["params"], cfg.budget, cfg.tolerance):
         raise Infeasible(f"solved widths give {m['params']:,} params, outside {cfg.tolerance:.0%} of "
                          f"{cfg.budget:,}", abs(m["params"] - cfg.budget) / cfg.budget - cfg.tolerance)
     trial.set_constraint("budget", 0.0)
     attrs = {
-        "spec": spec.to_json(), "architecture": models.describe(spec), "scheme": _scheme_label(spec),
+        "spec": spec.to_json(), "architecture": models.describe(spec), "scheme": scheme_label(spec),
         "family": "rkcnn" if spec.stages[0].is_rkcnn else "resnet",
         "params": int(m["params"]), "macs": int(m["macs"]),
         "budget_error": (m["params"] - cfg.budget) / cfg.budget,
@@ -258,45 +195,44 @@ def evaluate(trial, ctx: WorkerContext) -> tuple[float, float]:
         "cuda_peak_bytes": m["cuda_peak_bytes"],
     }
     if preset:
-        from models import presets
         info = presets.info(preset)
         attrs.update(preset_source=info.source, paper_params=info.paper_params,
                      paper_accuracy=info.paper_accuracy)
-    _set_attrs(trial, attrs)
-    e0 = cfg.epochs(0)
-    r = _proxy(spec, ctx, e0)
-    _set_attrs(trial, {
-        "proxy_epochs": e0, "proxy_seconds": round(r.seconds["total"], 3), "device": r.device,
-        "proxy_cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
-        "proxy_images_per_second": r.images_per_second,
-        f"val_accuracy@{e0}": r.val_accuracy, "val_accuracy": r.val_accuracy, "status": r.status,
-    })
+    attrs["cpu_seconds"] = round(time.perf_counter() - t0, 3)
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    return Prepared(trial, spec, float(attrs[cfg.memory_key]), None, attrs["cpu_seconds"])
+
+
+def _proxy(spec: ArchSpec, ctx: WorkerContext, epochs: int) -> trainers.TrainResult:
+    return trainers.train(lambda: models.build(spec), ctx.data, protocol="proxy", epochs=epochs,
+                          device=ctx.device, seed=0, hparams=ctx.settings.proxy_hparams or None,
+                          progress=ctx.progress)
+
+
+def train(prep: Prepared, ctx: WorkerContext) -> tuple[float, float]:
+    """The first-rung proxy of a prepared trial: ``(val_accuracy, memory)``."""
+    if prep.values is not None:
+        return prep.values
+    e0 = ctx.settings.epochs(0)
+    r = _proxy(prep.spec, ctx, e0)
+    for k, v in {"proxy_epochs": e0, "proxy_seconds": round(r.seconds["total"], 3), "device": r.device,
+                 "proxy_cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
+                 "proxy_images_per_second": r.images_per_second, f"val_accuracy@{e0}": r.val_accuracy,
+                 "val_accuracy": r.val_accuracy, "status": r.status}.items():
+        prep.trial.set_user_attr(k, v)
     if r.status != "ok":
-        reason = r.reason if r.reason.startswith(r.status) else f"{r.status}: {r.reason}"
-        raise TrialFailed(reason, r.status)
-    memory = float(attrs[cfg.memory_key])
+        raise TrialFailed(r.reason if r.reason.startswith(r.status) else f"{r.status}: {r.reason}", r.status)
     if not math.isfinite(r.val_accuracy):
         raise TrialFailed("diverged: validation accuracy is not finite", "diverged")
-    return float(r.val_accuracy), memory
-
-
-@dataclass
-class Job:
-    """A claimed promotion: retrain trial ``number``'s network at ``epochs``."""
-
-    number: int
-    epochs: int
-    key: str
+    return float(r.val_accuracy), prep.memory
 
 
 def promote(record, epochs: int, ctx: WorkerContext) -> dict:
     """Train a finished trial's network at a longer fidelity; the result dict is stored
     as study user attr ``fidelity:N:E``."""
-    from models import ArchSpec
-
     t0 = time.perf_counter()
-    spec = ArchSpec.from_json(record.user_attrs["spec"])
-    r = _proxy(spec, ctx, epochs)
+    r = _proxy(ArchSpec.from_json(record.user_attrs["spec"]), ctx, epochs)
     return {"number": record.number, "epochs": epochs, "status": r.status, "reason": r.reason,
             "val_accuracy": r.val_accuracy, "seconds": round(time.perf_counter() - t0, 3),
             "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes, "worker": ctx.worker,

@@ -1,63 +1,76 @@
-"""Where a study lives: storage URLs, heartbeats, and atomic claims (SPEC §6).
+"""Where a study lives: the data home, storage URLs, the storage opened once, and claims.
 
-* :func:`resolve_url` - ``--storage`` or the default ``sqlite:///<repo>/studies/NAME.db``
-  (absolute, so commands work from any folder; ``STACKNAS_STUDIES_DIR``
-  moves the default folder, which tests use).
-* :func:`open_storage` - an :class:`optuna.storages.RDBStorage` with heartbeats
-  and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`, after
-  checking the URL: a malformed URL, a missing driver or an unreachable server
-  is a one-line :class:`StorageError` (a ``ValueError``), never a traceback.
-* :class:`Claims` - a small table, ``stacknas_claims``, in the same database:
-  inserting a row is an atomic claim in SQLite and PostgreSQL alike (primary
-  key), so a promotion, a retrain or the top-up of a study's trial tickets
-  is done by exactly one worker even when many share the study. A claim
-  carries a heartbeat; one whose holder stopped beating is taken over.
+* :func:`data_home` - the folder of default study databases, retrain runs,
+  results and dashboards: ``$STACKNAS_HOME``, else ``./studies-data`` in the
+  working directory. Outside the package on purpose: an installed package's
+  folder may be read-only or shared, and a study belongs to the project a
+  researcher runs it from (like ``./mlruns``); ``STACKNAS_HOME`` pins one
+  place for every command and worker.
+* :func:`resolve_url` - ``--storage`` or the default ``sqlite:///<home>/NAME.db``.
+* :func:`open_store` - a :class:`Store`: the checked URL, Optuna's
+  :class:`~optuna.storages.RDBStorage` (with heartbeats for workers) and the
+  claims table, opened once by a command and passed down. A malformed URL, a
+  missing driver or an unreachable server is a one-line :class:`StorageError`.
+* :class:`Claims` - table ``stacknas_claims`` in the same database: inserting a
+  row is an atomic claim in SQLite and PostgreSQL alike (primary key), so a
+  promotion, a retrain or the top-up of a study's trial tickets is done by
+  exactly one worker even when many share the study. A claim carries a
+  heartbeat; one whose holder stopped beating is taken over.
 
 Only relational (SQLAlchemy) URLs are accepted: heartbeats, which find a
 killed worker's trial, exist for Optuna's RDB storage only.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "DEFAULT_HEARTBEAT", "DEFAULT_MAX_RETRY", "StorageError",
-           "default_url", "driver_url", "list_study_names", "open_storage", "redact_url", "resolve_url", "studies_dir"]
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
-DEFAULT_HEARTBEAT = 60      # seconds between a running trial's heartbeats
-DEFAULT_GRACE_FACTOR = 3    # a trial silent for this many intervals is failed (and retried)
-DEFAULT_MAX_RETRY = 3       # retries of a trial whose worker died, then it stays FAIL
+__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "Store", "StorageError", "check_name", "data_home", "default_url",
+           "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path"]
+
+DEFAULT_GRACE_FACTOR = 3    # a trial silent for this many heartbeat intervals is failed (and retried)
 _CONNECT_TIMEOUT = 10       # seconds to reach a database server
+HOME_ENV = "STACKNAS_HOME"
 
 
 class StorageError(ValueError):
     """The storage URL cannot be used; the message is one line and says why."""
 
 
-def studies_dir() -> Path:
-    """The folder of default databases, results and retrain runs: ``<repo>/studies``
-    (or ``$STACKNAS_STUDIES_DIR``)."""
-    env = os.environ.get("STACKNAS_STUDIES_DIR")
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent
+# --------------------------------------------------------------------------
+# names, folders, URLs
+# --------------------------------------------------------------------------
+
+def data_home() -> Path:
+    """``$STACKNAS_HOME`` or ``./studies-data``, absolute (spawned workers share it)."""
+    return Path(os.environ.get(HOME_ENV) or "studies-data").expanduser().resolve()
 
 
-def default_url(name: str) -> str:
-    return f"sqlite:///{studies_dir() / (name + '.db')}"
-
-
-def _check_name(name: str) -> str:
-    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
-        raise StorageError(f"study name {name!r}: use letters, digits, '.', '_' or '-' "
+def check_name(name: str) -> str:
+    """A study name that can name a file: letters, digits, '.', '_', '-', at most 100 characters."""
+    if not name or len(name) > 100 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        shown = name if len(name or "") <= 40 else name[:37] + "..."
+        raise StorageError(f"study name {shown!r}: use 1-100 letters, digits, '.', '_' or '-' "
                            f"(it names the default database file)")
     return name
 
 
+def default_url(name: str) -> str:
+    return f"sqlite:///{data_home() / (name + '.db')}"
+
+
 def resolve_url(name: str, storage: str | None) -> str:
     """``storage`` as given, or the default SQLite file of study ``name``."""
-    _check_name(name)
+    check_name(name)
     return storage if storage else default_url(name)
 
 
@@ -66,7 +79,7 @@ def redact_url(url: str | None) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url or "")
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL (None for other URLs and in-memory ones)."""
     m = re.match(r"sqlite(\+\w+)?:///(.*)$", url)
     if not m:
@@ -89,7 +102,6 @@ def driver_url(url: str) -> str:
     m = re.match(r"(postgresql|postgres)://", url)
     if not m:
         return url
-    import importlib.util
     for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
         if importlib.util.find_spec(module) is not None:
             return dialect + url[len(m.group(1)):]
@@ -101,9 +113,7 @@ def _engine_kwargs(url: str) -> dict:
         # several worker processes write to one file: wait for the lock instead of failing
         return {"connect_args": {"timeout": 60}}
     kwargs: dict = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT}
-    elif url.startswith("mysql"):
+    if url.startswith(("postgresql", "mysql")):
         kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT}
     return kwargs
 
@@ -111,24 +121,21 @@ def _engine_kwargs(url: str) -> dict:
 def check_url(url: str, *, create: bool) -> None:
     """Parse ``url`` and connect once; raise :class:`StorageError` (one line) when that fails.
     A SQLite file that does not exist is created only with ``create``."""
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
     shown = redact_url(url)
     url = driver_url(url)
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - sqlalchemy.exc.ArgumentError and friends
-        raise StorageError(f"storage URL {shown!r} is not a database URL; use e.g. sqlite:///studies/NAME.db "
+        raise StorageError(f"storage URL {shown!r} is not a database URL; use e.g. sqlite:///path/NAME.db "
                            f"or postgresql://USER:PASSWORD@HOST/DB") from None
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if parsed.get_backend_name() == "sqlite" and path is not None:
         if not create and not path.exists():
             raise StorageError(f"no study database at {path} (check --study / --storage)")
         if create and not path.parent.is_dir():
             raise StorageError(f"cannot create {path}: folder {path.parent} does not exist")
     try:
-        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+        engine = sa.create_engine(url, **_engine_kwargs(url))
     except ImportError as e:
         hint = ""
         if parsed.get_backend_name() == "postgresql":
@@ -138,27 +145,17 @@ def check_url(url: str, *, create: bool) -> None:
         raise StorageError(f"storage URL {shown!r} cannot be used: {_one_line(e)}") from None
     try:
         with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
+            conn.execute(sa.text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - OperationalError: unreachable, refused, auth, no such db
         raise StorageError(f"cannot connect to storage {shown}: {_one_line(e)}") from None
     finally:
         engine.dispose()
 
 
-def open_storage(url: str, *, heartbeat: int | None = None, grace: int | None = None,
-                 max_retry: int | None = DEFAULT_MAX_RETRY, create: bool = True):
-    """An :class:`optuna.storages.RDBStorage` for ``url``, checked first (:func:`check_url`).
-
-    With ``heartbeat`` (seconds), running trials beat and a trial silent for
-    ``grace`` seconds (default 3 beats) is failed by the next worker that looks
-    and re-queued (``RetryHeartbeatStaleTrialCallback``, ``max_retry`` times)."""
-    import optuna
-
-    check_url(url, create=create)
+def _rdb_storage(url: str, heartbeat: int | None, max_retry: int):
     kwargs = {}
     if heartbeat:
-        kwargs = dict(heartbeat_interval=int(heartbeat),
-                      grace_period=int(grace or DEFAULT_GRACE_FACTOR * int(heartbeat)),
+        kwargs = dict(heartbeat_interval=int(heartbeat), grace_period=DEFAULT_GRACE_FACTOR * int(heartbeat),
                       heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                           max_retry=max_retry))
     for attempt in range(5):
@@ -174,18 +171,77 @@ def open_storage(url: str, *, heartbeat: int | None = None, grace: int | None = 
             raise StorageError(f"cannot open storage {redact_url(url)}: {_one_line(e)}") from None
 
 
+@dataclass
+class Store:
+    """One study's storage, opened once by a command and passed down: the URL, Optuna's
+    RDB storage and the claims table. ``study(sampler)`` loads the Optuna study."""
+
+    name: str
+    url: str
+    storage: optuna.storages.RDBStorage
+    claims: "Claims"
+
+    def study(self, sampler=None) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler)
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` (Optuna's public storage API; no private attributes)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.name), number)
+
+    def close(self) -> None:
+        self.claims.close()
+        self.storage.engine.dispose()
+
+
+def open_store(name: str, storage: str | None = None, *, create: bool = False, heartbeat: int | None = None,
+               max_retry: int = 3, owner: str = "") -> Store:
+    """Check the URL and open the storage of study ``name`` once.
+
+    With ``heartbeat`` (seconds), running trials beat and a trial silent for
+    three beats is failed by the next worker that looks and re-queued with
+    the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``, ``max_retry``
+    times). ``create`` allows a new SQLite file (its folder is created under
+    the data home)."""
+    url = resolve_url(name, storage)
+    if storage is None and create:
+        data_home().mkdir(parents=True, exist_ok=True)
+    check_url(url, create=create)
+    return Store(name, url, _rdb_storage(url, heartbeat, max_retry), Claims(url, owner))
+
+
+def open_existing(name: str, storage: str | None = None, **kwargs) -> Store:
+    """The store of an existing study (never creates one); an unknown name is a one-line
+    ValueError listing the studies in that storage."""
+    def unknown() -> ValueError:
+        names = list_study_names(storage)
+        where = f"in {redact_url(storage)}" if storage else f"in {data_home()}"
+        hint = f"; studies there: {', '.join(names[:20])}" if names else "; there are no studies there"
+        return ValueError(f"unknown study {name!r} {where}{hint}")
+
+    try:
+        store = open_store(name, storage, **kwargs)
+    except StorageError:
+        if storage is None:
+            raise unknown() from None
+        raise
+    if name not in {s.study_name for s in store.storage.get_all_studies()}:
+        store.close()
+        raise unknown()
+    return store
+
+
 def list_study_names(url: str | None) -> list[str]:
     """Study names in a storage; for the default storage (one SQLite file per
-    study) the names of the files in :func:`studies_dir`."""
-    import optuna
-
+    study) the names of the files in :func:`data_home`."""
     if url is None:
-        return sorted(p.stem for p in studies_dir().glob("*.db"))
-    path = _sqlite_path(url)
+        return sorted(p.stem for p in data_home().glob("*.db"))
+    path = sqlite_path(url)
     if path is not None and not path.exists():
         return []
     try:
-        return sorted(optuna.get_all_study_names(storage=open_storage(url, create=False)))
+        check_url(url, create=False)
+        return sorted(optuna.get_all_study_names(storage=_rdb_storage(url, None, 0)))
     except StorageError:
         return []
 
@@ -203,8 +259,6 @@ class Claims:
     """
 
     def __init__(self, url: str, owner: str):
-        import sqlalchemy as sa
-
         self.owner = owner
         url = driver_url(url)
         self.engine = sa.create_engine(url, **_engine_kwargs(url))
@@ -222,8 +276,6 @@ class Claims:
             meta.create_all(self.engine, checkfirst=True)
 
     def try_claim(self, key: str, stale_after: float) -> bool:
-        import sqlalchemy as sa
-
         now = time.time()
         t = self.table
         try:
@@ -261,9 +313,9 @@ class Claims:
             res = conn.execute(t.select().where(t.c.key.startswith(prefix, autoescape=True)))
             return [dict(r._mapping) for r in res]
 
-    def held(self, key: str, interval: float):
+    def held(self, key: str, interval: float) -> "Beating":
         """Context manager beating ``key`` every ``interval`` seconds in a thread."""
-        return _Beating(lambda: self.beat(key), interval)
+        return Beating(lambda: self.beat(key), interval)
 
     def lock(self, key: str, stale_after: float = 60.0, poll: float = 0.2, timeout: float = 120.0):
         """A short mutual-exclusion section across processes (released on exit)."""
@@ -273,7 +325,9 @@ class Claims:
         self.engine.dispose()
 
 
-class _Beating:
+class Beating:
+    """Calls ``beat`` now and then every ``interval`` seconds in a daemon thread, while entered."""
+
     def __init__(self, beat, interval: float):
         self._beat, self._interval = beat, max(0.2, float(interval))
         self._stop = threading.Event()

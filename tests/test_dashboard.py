@@ -1,4 +1,4 @@
-"""studies/dashboard.py: the HTML page, checked in a real headless browser (SPEC §7).
+"""studies/dashboard.py: the HTML page, checked in a real headless browser.
 
 The study is built directly with optuna (no training): completed trials of
 several schemes, two of the papers' presets, three retrained trials, pruned,
@@ -42,7 +42,7 @@ PROMOTED = {0: 0.725}  # trial 0 promoted to 6 epochs: the page shows its longes
 
 
 def _attrs(spec: ArchSpec, acc: float, inference: float, **extra) -> dict:
-    """A completed trial's user attrs as ``studies.objective.evaluate`` writes them (studies/README.md)."""
+    """A completed trial's user attrs as ``studies.objective.prepare`` and ``train`` write them (the schema in docs/design.md)."""
     return {"spec": spec.to_json(), "architecture": models.describe(spec), "scheme": spec.stages[0].scheme,
             "params": 1_000_000 + 1000 * spec.stages[0].blocks, "macs": 150_000_000 + 10_000_000 * spec.stages[0].blocks,
             "inference_bytes_per_image": inference, "training_bytes_per_image": 5 * inference,
@@ -73,7 +73,7 @@ def make_study(storage: str, name: str = "demo", *, complete: bool = True, runni
         for name_, acc, mem in PRESETS:
             spec = models.presets.get(name_)
             study.add_trial(ct(values=[acc, mem], user_attrs=_attrs(spec, acc, mem, preset=name_)))
-        for number, acc in PROMOTED.items():  # as studies.run stores a promotion
+        for number, acc in PROMOTED.items():  # as studies.promotion stores a promotion
             study.set_user_attr(f"fidelity:{number}:6", {"number": number, "epochs": 6, "status": "ok",
                                                          "reason": None, "val_accuracy": acc, "seconds": 30.0})
     bad = ArchSpec(stages=(StageSpec(scheme="rk4", blocks=40, width=8, step=StepSpec("learnable", 1.0)),))

@@ -1,4 +1,4 @@
-"""studies/export.py: spec, weights, torch.export program and model card (SPEC §7).
+"""studies/export.py: spec, weights, torch.export program and model card.
 
 Nothing is trained: a tiny network's perturbed initial weights stand in for
 the trained ones. ``model.pt2`` is loaded in a fresh, isolated Python that
@@ -17,7 +17,7 @@ import torch
 import models
 import search
 from models import ArchSpec, StageSpec
-from studies import export
+from studies.export import FILES, select_trial
 
 SPEC = ArchSpec(stages=(StageSpec(scheme="euler", blocks=1, width=8),), name="tiny")
 PROJECT_PACKAGES = ("models", "search_space", "trainers", "studies", "search")
@@ -36,7 +36,7 @@ def trained_weights(spec: ArchSpec) -> dict:
 
 
 def attrs(spec: ArchSpec, acc: float, **extra) -> dict:
-    """A completed trial's user attrs as ``studies.objective.evaluate`` writes them."""
+    """A completed trial's user attrs as ``studies.objective.prepare`` and ``train`` write them."""
     net = models.build(spec)
     return {"spec": spec.to_json(), "architecture": models.describe(spec), "scheme": spec.stages[0].scheme,
             "params": models.measure.count_params(net), "macs": 123_456, "inference_bytes_per_image": 65_536,
@@ -105,7 +105,7 @@ def test_export_loads_with_torch_alone(study):
     rc, stdout, err = cli("export", "--study", "exp", "--storage", storage, "--out", str(out))
     assert rc == 0, err
     assert "trial 0" in stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted(export.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
 
     # the project's network: spec from the export, the "trained" weights of the study
     spec = ArchSpec.from_json((out / "spec.json").read_text())
@@ -152,7 +152,7 @@ def test_model_card_and_best_rule(study):
     s = optuna.load_study(study_name="exp", storage=storage)
     s.add_trial(optuna.trial.create_trial(values=[0.9, 10.0], user_attrs={**attrs(SPEC, 0.9),
                                                                         "inference_bytes_per_image": 10}))
-    trial, rule = export.select_trial(s)
+    trial, rule = select_trial(s)
     assert trial.number == 4 and "highest proxy" in rule
 
 
@@ -189,7 +189,7 @@ def test_existing_folder_needs_force(study):
 
 
 def test_default_storage_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv("STACKNAS_STUDIES_DIR", str(tmp_path / "studies"))
+    monkeypatch.setenv("STACKNAS_HOME", str(tmp_path / "studies"))
     (tmp_path / "studies").mkdir()
     rc, _, err = cli("export", "--study", "ghost", "--out", str(tmp_path / "x"))
     assert rc == 2 and "unknown study 'ghost'" in err and err.count("\n") == 1

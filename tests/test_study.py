@@ -1,5 +1,5 @@
 """studies/: the objective, budget pruning, resume, divergence, promotions, retrain, show,
-storage errors, and the Pareto / Kendall / hypervolume arithmetic (SPEC §3, §4, §6).
+storage errors, and the Pareto / Kendall / hypervolume arithmetic.
 
 CPU only: a 60k-parameter budget, 64 synthetic 8x8 images, 1-epoch proxies. Most of the
 time goes to solving widths (a few seconds per sampled spec).
@@ -20,7 +20,7 @@ import pytest
 
 import search
 import studies
-from studies.run import lineage_counts
+from studies import lineage_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
@@ -29,19 +29,19 @@ TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-ima
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """STACKNAS_STUDIES_DIR for the module: default databases, runs/ and results/ go there."""
+    """STACKNAS_HOME for the module: default databases, runs/ and results/ go there."""
     import torch
 
     d = tmp_path_factory.mktemp("studies")
-    old, threads = os.environ.get("STACKNAS_STUDIES_DIR"), torch.get_num_threads()
-    os.environ["STACKNAS_STUDIES_DIR"] = str(d)
+    old, threads = os.environ.get("STACKNAS_HOME"), torch.get_num_threads()
+    os.environ["STACKNAS_HOME"] = str(d)
     torch.set_num_threads(1)     # tiny networks: one thread is faster than two fighting
     yield d
     torch.set_num_threads(threads)
     if old is None:
-        os.environ.pop("STACKNAS_STUDIES_DIR", None)
+        os.environ.pop("STACKNAS_HOME", None)
     else:
-        os.environ["STACKNAS_STUDIES_DIR"] = old
+        os.environ["STACKNAS_HOME"] = old
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
@@ -54,7 +54,7 @@ def cli(*argv: str) -> tuple[int, str, str]:
 
 
 def load(name: str, url: str | None = None):
-    return studies.open_study(name, url)[0]
+    return studies.open_study(name, url)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_bad_storage_is_a_one_line_error(url, fragment, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "search.py"), "run", "--study", "x", "--storage", url,
                         "--trials", "1", "--synthetic", "--device", "cpu"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env={**os.environ, "STACKNAS_STUDIES_DIR": str(tmp_path)})
+                       env={**os.environ, "STACKNAS_HOME": str(tmp_path)})
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], p.stderr

@@ -1,4 +1,4 @@
-"""trainers/: data, proxy trainer, full retrain (SPEC §4-§5). CPU, tiny nets, synthetic data."""
+"""trainers/: data, proxy trainer, full retrain. CPU, tiny nets, synthetic data."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import trainers
-from trainers import _common
+from trainers import augment, checkpoint
 from trainers.data import train_val_indices
 
 
@@ -130,33 +130,44 @@ def test_missing_data_says_how_to_provide_it(tmp_path):
         trainers.load_cifar10(tmp_path / "nowhere", download=False)
     msg = str(info.value)
     assert "\n" not in msg
-    for needle in ("cifar-10-batches-py", "data_batch_1..5", "make_cifar10.py", "download=True"):
+    for needle in ("cifar-10-batches-py", "data_batch_1..5", "torchvision"):
         assert needle in msg
+    assert "shared" not in msg and "download=True" not in msg    # nothing a user of the project lacks
     assert isinstance(info.value, FileNotFoundError)
+
+
+def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    def offline(root, **kw):
+        Path(root, "cifar-10-batches-py").mkdir(parents=True)   # as torchvision does before fetching
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(trainers.data.torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(trainers.DataNotFoundError, match="download failed: <urlopen error"):
+        trainers.load_cifar10(tmp_path / "new" / "data", download=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- augmentation
 def test_crop_flip_matches_padded_windows():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    out = _common._crop_flip(x, g, pad=2, flip=True)
+    out = augment.crop_flip(x, g, pad=2, flip=True)
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(16):
         windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
-    assert torch.equal(_common._crop_flip(x, g, pad=0, flip=False), x)
+    assert torch.equal(augment.crop_flip(x, g, pad=0, flip=False), x)
 
 
 def test_autoaugment_runs_on_uint8_batches():
     x = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    out = _common._autoaugment(x, chunk=4)
+    out = augment.autoaugment(x, chunk=4)
     assert out.shape == x.shape and out.dtype == torch.uint8
 
 
-# ----------------------------------------------------------------------------- proxy
+# ----------------------------------------------------------------------------- proxy (protocol "proxy", the default)
 def test_proxy_learns_and_is_reproducible(data):
-    r = trainers.train_proxy(tiny_net, data, epochs=3, device="cpu", seed=0, hparams=SMALL,
+    r = trainers.train(tiny_net, data, epochs=3, device="cpu", seed=0, hparams=SMALL,
                              progress=False)
     assert r.status == "ok" and r.reason == ""
     assert r.val_accuracy > 0.3                      # chance is 0.1
@@ -172,7 +183,7 @@ def test_proxy_learns_and_is_reproducible(data):
     ev = trainers.evaluate(model, data.val.images, data.val.labels, "cpu",
                            mean=data.mean, std=data.std)
     assert ev.accuracy == pytest.approx(r.val_accuracy) and ev.n == 256
-    again = trainers.train_proxy(tiny_net, data, epochs=3, device="cpu", seed=0, hparams=SMALL,
+    again = trainers.train(tiny_net, data, epochs=3, device="cpu", seed=0, hparams=SMALL,
                                  progress=False)
     assert again.val_accuracy == r.val_accuracy
     assert all(torch.equal(r.state_dict[k], again.state_dict[k]) for k in r.state_dict)
@@ -181,7 +192,7 @@ def test_proxy_learns_and_is_reproducible(data):
 @pytest.mark.parametrize("value,word", [(float("nan"), "nan"), (float("inf"), "inf")])
 def test_proxy_divergence_is_reported_with_epoch_and_step(data, value, word):
     # 8 steps per epoch; the 11th forward is epoch 2, step 3
-    r = trainers.train_proxy(lambda: NaNAfter(11, value), data, epochs=3, device="cpu",
+    r = trainers.train(lambda: NaNAfter(11, value), data, epochs=3, device="cpu",
                              hparams={**SMALL, "nan_check_every": 4}, progress=False)
     assert r.status == "diverged"
     assert "epoch 2, step 3" in r.reason and "global step 11" in r.reason
@@ -190,20 +201,20 @@ def test_proxy_divergence_is_reported_with_epoch_and_step(data, value, word):
 
 
 def test_proxy_out_of_memory_is_a_status_not_an_exception(data):
-    r = trainers.train_proxy(OOMNet, data, epochs=1, device="cpu", hparams=SMALL, progress=False)
+    r = trainers.train(OOMNet, data, epochs=1, device="cpu", hparams=SMALL, progress=False)
     assert r.status == "oom" and "out of memory during training" in r.reason
     assert r.val_accuracy is None
 
 
 def test_unknown_hparam_is_rejected(data):
     with pytest.raises(ValueError, match="batch_size"):
-        trainers.train_proxy(tiny_net, data, epochs=1, device="cpu", hparams={"batchsize": 8})
+        trainers.train(tiny_net, data, epochs=1, device="cpu", hparams={"batchsize": 8})
 
 
-# ----------------------------------------------------------------------------- retrain
+# ----------------------------------------------------------------------------- full retrain (checkpointed protocols)
 def test_unknown_protocol_names_the_allowed_ones(data, tmp_path):
     with pytest.raises(ValueError) as info:
-        trainers.retrain(tiny_net, data, protocol="imagenet", checkpoint_path=tmp_path / "c.pt")
+        trainers.train(tiny_net, data, protocol="imagenet", checkpoint_path=tmp_path / "c.pt")
     for name in ("ho-resnet", "lm-resnet", "fast"):
         assert name in str(info.value)
 
@@ -225,16 +236,16 @@ class Killed(Exception):
 def test_kill_and_resume_gives_identical_weights(data, tmp_path, protocol):
     kw = dict(protocol=protocol, epochs=3, device="cpu", seed=3, progress=False, hparams=SMALL)
     make = lambda: tiny_net(dropout=0.2)                      # noqa: E731 - uses the RNG too
-    full = trainers.retrain(make, data, checkpoint_path=tmp_path / "full.pt", **kw)
+    full = trainers.train(make, data, checkpoint_path=tmp_path / "full.pt", **kw)
     assert full.status == "ok" and full.epochs == 3 and full.resumed_from_epoch is None
 
     def kill_after_two(epoch, entry):
         if epoch == 2:
             raise Killed
     with pytest.raises(Killed):
-        trainers.retrain(make, data, checkpoint_path=tmp_path / "run.pt",
+        trainers.train(make, data, checkpoint_path=tmp_path / "run.pt",
                          on_epoch_end=kill_after_two, **kw)
-    resumed = trainers.retrain(make, data, checkpoint_path=tmp_path / "run.pt", resume=True, **kw)
+    resumed = trainers.train(make, data, checkpoint_path=tmp_path / "run.pt", resume=True, **kw)
     assert resumed.status == "ok" and resumed.resumed_from_epoch == 2
     for k, v in full.state_dict.items():
         assert torch.equal(v, resumed.state_dict[k]), k
@@ -246,17 +257,17 @@ def test_kill_and_resume_gives_identical_weights(data, tmp_path, protocol):
 
 
 def test_resume_refuses_a_different_run(data, tmp_path):
-    kw = dict(epochs=1, device="cpu", progress=False, hparams=SMALL,
+    kw = dict(protocol="fast", epochs=1, device="cpu", progress=False, hparams=SMALL,
               checkpoint_path=tmp_path / "c.pt")
-    trainers.retrain(tiny_net, data, seed=0, **kw)
+    trainers.train(tiny_net, data, seed=0, **kw)
     with pytest.raises(ValueError, match="seed"):
-        trainers.retrain(tiny_net, data, seed=1, resume=True, **kw)
+        trainers.train(tiny_net, data, seed=1, resume=True, **kw)
 
 
 def test_retrain_divergence_keeps_the_last_good_checkpoint(data, tmp_path):
     ckpt = tmp_path / "c.pt"
     # train+val = 768 images, 12 steps per epoch; the 15th forward is epoch 2, step 3
-    r = trainers.retrain(lambda: NaNAfter(15), data, epochs=3, device="cpu", progress=False,
+    r = trainers.train(lambda: NaNAfter(15), data, protocol="fast", epochs=3, device="cpu", progress=False,
                          hparams=SMALL, checkpoint_path=ckpt)
     assert r.status == "diverged" and "epoch 2, step 3" in r.reason and r.test_accuracy is None
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
@@ -264,14 +275,14 @@ def test_retrain_divergence_keeps_the_last_good_checkpoint(data, tmp_path):
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    _common._atomic_save({"epoch": 1}, path)
+    checkpoint.atomic_save({"epoch": 1}, path)
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        _common._atomic_save({"epoch": 2}, path)
+        checkpoint.atomic_save({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
@@ -288,9 +299,9 @@ def test_trainers_import_neither_optuna_nor_models():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_proxy_on_cuda_uses_bf16_and_reports_memory(data):
-    r = trainers.train_proxy(tiny_net, data, epochs=2, device="cuda", hparams=SMALL,
+    r = trainers.train(tiny_net, data, epochs=2, device="cuda", hparams=SMALL,
                              progress=False)
     assert r.status == "ok" and r.cuda_peak_bytes > 0 and r.val_accuracy > 0.3
-    r2 = trainers.train_proxy(tiny_net, data, epochs=1, device="cuda", compile=True,
+    r2 = trainers.train(tiny_net, data, epochs=1, device="cuda", compile=True,
                               hparams=SMALL, progress=False)
     assert r2.status == "ok" and r2.seconds["compile"] > 0

@@ -1,4 +1,4 @@
-"""Several workers on one study (SPEC §6): exactly N trials, and a SIGKILLed worker's
+"""Several workers on one study: exactly N trials, and a SIGKILLed worker's
 trial failed by heartbeat, retried and finished - on SQLite and on PostgreSQL.
 
 PostgreSQL tests are marked ``postgres`` and need ``STACKNAS_PG_URL`` (a database the
@@ -18,7 +18,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from studies.run import lineage_counts
+import studies
+from studies import lineage_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
@@ -43,12 +44,42 @@ def storage(request, tmp_path):
         pass
 
 
+# Installed in every process of a launch (workers are spawned, so a monkeypatch in the test
+# process would not reach them): trials SLOW_TRIALS=N1,N2:SECONDS sleep after sampling, with
+# their heartbeat running, so a test can kill a worker mid-trial. Production code has no hook.
+_SLOW_TRIALS = """
+import os
+if os.environ.get("SLOW_TRIALS"):
+    import time
+    import studies.objective as objective
+    numbers, _, seconds = os.environ["SLOW_TRIALS"].rpartition(":")
+    numbers = {int(n) for n in numbers.split(",")}
+    sampled = objective.spec_for_trial
+
+    def slow(trial, ctx):
+        spec = sampled(trial, ctx)
+        if trial.number in numbers:
+            time.sleep(float(seconds))
+        return spec
+    objective.spec_for_trial = slow
+"""
+
+
+def slow_trials(home: Path, numbers: str, seconds: float) -> dict:
+    """Environment that makes trials ``numbers`` (e.g. "0" or "0,3") of a launch sleep ``seconds``."""
+    hooks = home / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(_SLOW_TRIALS)
+    path = os.pathsep.join([str(hooks), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {"SLOW_TRIALS": f"{numbers}:{seconds}", "PYTHONPATH": path}
+
+
 def launch(url: str, name: str, trials: int, *extra: str, env: dict | None = None, home: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "search.py"), "run", "--study", name, "--storage", url,
          "--trials", str(trials), *TINY, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "STACKNAS_STUDIES_DIR": str(home), "OMP_NUM_THREADS": "1", **(env or {})})
+        env={**os.environ, "STACKNAS_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def finish(p: subprocess.Popen, timeout: float = 240) -> str:
@@ -90,7 +121,7 @@ def test_killed_worker_trial_is_retried(storage, tmp_path):
     with N finished trials."""
     url, name = storage
     n = 3
-    p = launch(url, name, n, "--workers", "2", env={"STACKNAS_TEST_SLEEP": "0:120"}, home=tmp_path)
+    p = launch(url, name, n, "--workers", "2", env=slow_trials(tmp_path, "0", 120), home=tmp_path)
     deadline, pid = time.time() + 120, None
     while time.time() < deadline and pid is None and p.poll() is None:
         time.sleep(0.5)
@@ -115,8 +146,6 @@ def test_killed_worker_trial_is_retried(storage, tmp_path):
     c = lineage_counts(trials)
     assert c["finished"] == c["total"] == n and c["retried"] == 1
     assert "worker 0 exited with -9" in out or "worker 1 exited with -9" in out
-
-    import studies
     df = studies.trials_table(optuna.load_study(study_name=name, storage=url))
     assert df.loc[0, "status"] == "lost" and f"retried as trial {r.number}" in df.loc[0, "fail_reason"]
     assert df.loc[r.number, "retried_from"] == 0

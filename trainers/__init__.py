@@ -1,20 +1,23 @@
-"""Training for the study (SPEC §4-§5): data, proxy trainer, full retrain.
+"""Training: CIFAR-10 and synthetic data, the one trainer and its protocols.
 
 Public surface::
 
-    from trainers import load_cifar10, synthetic, train_proxy, retrain, evaluate
+    from trainers import load_cifar10, synthetic, train, evaluate, PROTOCOLS, HPARAMS
 
-``trainers`` imports neither optuna nor ``models``: callers pass a model
-factory (``make_model: Callable[[], nn.Module]``).
+``train(make_model, data, protocol="proxy")`` is the short proxy that scores a
+trial on the validation split; ``protocol="fast" | "ho-resnet" | "lm-resnet"``
+with a ``checkpoint_path`` is a full retrain scored on the test split.
+
+May import: torch, torchvision, numpy, tqdm. Never optuna or ``models``:
+callers pass a model factory (``make_model: Callable[[], nn.Module]``), so any
+network trains without a study.
 """
-from ._common import Evaluation, evaluate
 from .data import (CIFAR10_CLASSES, DataNotFoundError, Dataset, Split, load_cifar10, synthetic,
                    train_val_indices)
-from .proxy import DEFAULT_HPARAMS, ProxyResult, train_proxy
-from .retrain import PROTOCOLS, RetrainResult, protocol_hparams, retrain
+from .protocols import HPARAMS, PROTOCOLS, protocol_hparams
+from .train import Evaluation, TrainResult, evaluate, train
 
 __all__ = [
-    "CIFAR10_CLASSES", "DEFAULT_HPARAMS", "DataNotFoundError", "Dataset", "Evaluation",
-    "PROTOCOLS", "ProxyResult", "RetrainResult", "Split", "evaluate", "load_cifar10",
-    "protocol_hparams", "retrain", "synthetic", "train_proxy", "train_val_indices",
+    "CIFAR10_CLASSES", "DataNotFoundError", "Dataset", "Evaluation", "HPARAMS", "PROTOCOLS", "Split",
+    "TrainResult", "evaluate", "load_cifar10", "protocol_hparams", "synthetic", "train", "train_val_indices",
 ]

@@ -1,4 +1,4 @@
-"""CIFAR-10 and a synthetic stand-in, as uint8 tensors (SPEC §4, §5 "Data").
+"""CIFAR-10 and a synthetic stand-in, as uint8 tensors.
 
 A :class:`Dataset` is a frozen dataclass of three :class:`Split` s (``train``,
 ``val``, ``test``), each holding ``uint8`` images of shape ``(N, 3, H, W)`` and
@@ -7,10 +7,10 @@ the fly (fractions of 255, computed on the training split).
 
 * :func:`load_cifar10` reads torchvision's on-disk layout
   (``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``)
-  directly with pickle + numpy: no md5 check, so the workplace's JPEG-derived
-  offline copy (``../shared/datasets/make_cifar10.py``) loads too. The 50k
-  training images are split 45k/5k into ``train``/``val`` with a fixed seed:
-  proxies score on ``val`` (SPEC §4); ``test`` (10k) is for the full retrain.
+  directly with pickle + numpy, without insisting on torchvision's md5 sums, so
+  any copy in that layout loads. The 50k training images are split 45k/5k into
+  ``train``/``val`` with a fixed seed: proxies score on ``val``; ``test`` (10k)
+  is for the full retrain only.
 * :func:`synthetic` builds a small learnable 10-class set (class-dependent
   colour and stripe orientation/frequency plus noise) for tests and CPU demos.
 """
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 __all__ = ["DataNotFoundError", "Dataset", "Split", "load_cifar10", "synthetic",
            "train_val_indices", "CIFAR10_CLASSES"]
@@ -116,9 +118,8 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tupl
 
 def _missing_message(root: Path, why: str) -> str:
     return (f"CIFAR-10 not found ({why}): expected {root / _FOLDER}/"
-            f"{{data_batch_1..5,test_batch,batches.meta}} (torchvision layout); provide it with "
-            f"`python ../shared/datasets/make_cifar10.py {root}` (offline copy) or run online "
-            f"with download=True (torchvision downloads it)")
+            f"{{data_batch_1..5,test_batch,batches.meta}} (torchvision's layout); torchvision downloads "
+            f"it there when this machine is online, or copy an existing {_FOLDER} folder there")
 
 
 def _find_folder(root: Path) -> Path | None:
@@ -164,16 +165,19 @@ def load_cifar10(root: str | Path = "data", *, download: bool = False, val_size:
     first. Otherwise (or if the download fails) :class:`DataNotFoundError` says
     how to provide it. The 50k training images are split into ``train``
     (``50000 - val_size``) and ``val`` (``val_size``, default 5k) with
-    ``split_seed`` (SPEC §4: fixed seed); ``test`` is the official 10k set.
+    ``split_seed`` (a fixed seed, so every trial is scored on the same images); ``test`` is the official 10k set.
     """
     root = Path(root).expanduser()
     folder = _find_folder(root)
     if folder is None and download:
+        created = [p for p in (root, *root.parents) if not p.exists()]
         try:
-            import torchvision
             torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-        except Exception as e:  # no network, disk full, bad checksum...
-            raise DataNotFoundError(_missing_message(root, f"download failed: {e}")) from e
+        except Exception as e:  # noqa: BLE001 - no network, disk full, bad checksum...
+            for p in created:    # leave nothing behind: a failed download made these folders
+                shutil.rmtree(p, ignore_errors=True)
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataNotFoundError(_missing_message(root, f"download failed: {why}")) from None
         folder = _find_folder(root)
     if folder is None:
         raise DataNotFoundError(_missing_message(root, "no such files"))

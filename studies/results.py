@@ -1,25 +1,34 @@
-"""Reading a study: merged trial records, the pandas table, Pareto set, Kendall's tau, hypervolume.
+"""Reading a study: merged trial records, the pandas table, Pareto set, Kendall's tau,
+hypervolume, trial counts, and the results files a run or a retrain leaves behind.
 
 Optuna refuses to change a finished trial, so what happens to a trial
 *after* it finished - promotion to a longer proxy (multi-fidelity) and the
 full retrain - is stored in the study's user attributes, one key per result
-(``fidelity:N:E``, ``retrain:N:LABEL``; see ``studies/README.md``).
+(``fidelity:N:E``, ``retrain:N:LABEL``; the schema is in ``docs/design.md``).
 :func:`trials_with_results` folds those back into copies of the trials, so
 every reader (``show``, ``retrain``, the dashboard, export) sees one record
 per trial with its longest-fidelity accuracy and its retrained accuracy.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
-__all__ = ["crowding_distance", "fidelity_results", "hypervolume", "kendall_tau", "memory_key",
+from models import ArchSpec
+
+from .storage import data_home
+
+__all__ = ["crowding_distance", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts", "memory_key",
            "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "rank_for_promotion",
-           "retrain_results", "trials_table", "trials_with_results"]
+           "results_dir", "retrain_results", "spec_of", "trials_table", "trials_with_results", "write_results"]
 
 FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
 RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
@@ -174,7 +183,7 @@ def _finite(v) -> float | None:
 
 def trials_with_results(study, trials=None) -> list:
     """Copies of the study's trials with promotion and retrain results folded into
-    ``user_attrs`` (schema in ``studies/README.md``):
+    ``user_attrs`` (schema in ``docs/design.md``):
 
     * ``val_accuracy@E`` for every fidelity E evaluated, ``proxy_epochs`` = the
       longest fidelity with an accuracy, ``val_accuracy`` = the accuracy there;
@@ -185,9 +194,6 @@ def trials_with_results(study, trials=None) -> list:
     * a FAIL trial without a reason (failed by the heartbeat check) gets
       ``status`` "lost" and a ``fail_reason`` naming its retry.
     """
-    import copy
-    from optuna.trial import TrialState
-
     attrs = study.user_attrs
     fid, ret = fidelity_results(attrs), retrain_results(attrs)
     trials = study.get_trials(deepcopy=False) if trials is None else trials
@@ -319,10 +325,61 @@ def pareto_numbers(study, merged=None) -> set[int]:
     return set(int(n) for n in pareto_set(study, merged).index)
 
 
-def spec_of(record) -> "object | None":
+def spec_of(record) -> ArchSpec | None:
     """The ArchSpec stored on a trial record (``user_attrs['spec']``), or None."""
-    from models import ArchSpec
     text = record.user_attrs.get("spec")
     if not text:
         return None
     return ArchSpec.from_json(text if isinstance(text, str) else json.dumps(text))
+
+
+# --------------------------------------------------------------------------
+# counts and result files
+# --------------------------------------------------------------------------
+
+def _superseded(trials) -> set[int]:
+    """Numbers of trials failed by heartbeat (or interrupted) and replaced by a retry."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(int(n) for n in t.system_attrs.get("retry_history", []))
+    return out
+
+
+def lineage_counts(trials) -> dict:
+    """Counts over trial lineages (a retried trial is replaced by its retry):
+    total, finished (COMPLETE + PRUNED + FAIL), and per state."""
+    gone = _superseded(trials)
+    by: dict[str, int] = {}
+    for t in trials:
+        if t.number not in gone:
+            by[t.state.name] = by.get(t.state.name, 0) + 1
+    finished = sum(by.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+    return {"total": sum(by.values()), "finished": finished, "retried": len(gone), **by}
+
+
+def results_dir(name: str) -> Path:
+    return data_home() / "results" / name
+
+
+def write_results(study: optuna.Study) -> Path:
+    """``results/NAME/trials.csv`` (the show table, all columns) and ``summary.json`` in the
+    data home; rewritten by every ``run`` and ``retrain``."""
+    out = results_dir(study.study_name)
+    out.mkdir(parents=True, exist_ok=True)
+    df = trials_table(study)
+    df.to_csv(out / "trials.csv")
+    front = df[df["pareto"].astype(bool)]
+    done = df[(df["state"] == "COMPLETE") & df["val_accuracy"].notna()]
+    retrained = df[df["retrain_test_accuracy"].notna() & df["duplicate_of"].isna()]
+    summary = {
+        "study": study.study_name, "settings": {k: v for k, v in study.user_attrs.items()
+                                                if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))},
+        "trials": lineage_counts(study.get_trials(deepcopy=False)),
+        "pareto": [int(n) for n in front.index],
+        "hypervolume_normalized": (hypervolume(done["val_accuracy"], done["memory"], normalize=True)
+                                   if len(done) else 0.0),
+        "kendall_tau_proxy_vs_retrain": (kendall_tau(retrained["val_accuracy"], retrained["retrain_test_accuracy"])
+                                         if len(retrained) >= 2 else None),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return out

@@ -1,0 +1,216 @@
+"""A launch's options and a study's settings: one definition of each, with its default.
+
+* :class:`RunOptions` - everything ``studies.run()`` / ``search.py run``
+  accepts. Each field carries its default and help text; the command line is
+  generated from these fields (``search.py``), so nothing else holds a default.
+* :class:`StudySettings` - what is fixed when a study is created, derived
+  from the options and stored in the study's user attributes, so every worker
+  on every machine evaluates trials the same way; a resumed study keeps them
+  and an explicit option that disagrees is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import optuna
+
+import trainers
+from search_space import DEFAULT_TOLERANCE, parse_budget
+
+__all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "option"]
+
+MEMORY_OBJECTIVES = ("inference", "training")
+SETTINGS_FORMAT = 1          # version of the stored settings' layout
+
+
+def option(default, help: str, **cli):
+    """A field with its default and its command-line help; ``cli`` holds argparse
+    keywords (``type``, ``choices``, ``metavar``, ``nargs``, ``action``, ``flag``),
+    ``cli=False`` keeps a field off the command line."""
+    meta = {"help": help, **cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg}); e.g. '{{\"lr\": 0.2}}'") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a set of hyperparameters") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object, e.g. '{\"lr\": 0.2}'")
+    return value
+
+
+@dataclass
+class RunOptions:
+    """Options of one launch of ``run``. ``study`` and ``trials`` are required."""
+
+    study: str = option(None, "study name (names its database file under the data home)", required=True)
+    trials: int = option(None, "finished trials the study should hold in total (not new ones): a rerun "
+                               "with a larger number resumes it", type=int, required=True)
+    storage: str | None = option(None, "Optuna storage URL (default: NAME.db in the data home, "
+                                       "./studies-data or $STACKNAS_HOME; PostgreSQL for many machines)")
+    budget: str = option("1.0M", "parameter budget, e.g. 1.0M, 250k or 2000000")
+    tolerance: float = option(DEFAULT_TOLERANCE, "relative distance to the budget allowed (0.02 = 2%%)",
+                              type=float)
+    memory: str = option("inference", "memory objective: peak live-tensor bytes per image of one inference "
+                                      "or of one training step", choices=MEMORY_OBJECTIVES)
+    proxy_epochs: int | None = option(None, "epochs of the shortest proxy, the first rung (default: 1 on "
+                                            "synthetic data, 8 on CUDA, 2 on the CPU)", type=int)
+    rungs: int | None = option(None, "fidelity rungs of successive halving (default: 2 on synthetic data, "
+                                     "else 3)", type=int)
+    eta: int = option(3, "successive halving: the best 1/ETA of a rung is promoted to ETA x its epochs",
+                      type=int)
+    data: str | None = option(None, "folder holding cifar-10-batches-py (default ./data; downloaded there "
+                                    "with torchvision when missing)", metavar="DIR")
+    synthetic: bool = option(False, "small synthetic 10-class data instead of CIFAR-10 (CPU demo, tests)",
+                             action="store_true")
+    synthetic_images: int = option(1024, "with --synthetic: training images (validation and test: N/4, at "
+                                         "least 64)", type=int, metavar="N")
+    synthetic_image_size: int = option(32, "with --synthetic: image side", type=int, metavar="PIXELS")
+    proxy_hparams: dict = option({}, "overrides of the proxy's hyperparameters (trainers.HPARAMS), fixed per "
+                                     "study, e.g. '{\"lr\": 0.2}'", type=_json_object, metavar="JSON")
+    device: str | None = option(None, "cuda or cpu (default: cuda if available)")
+    workers: int = option(1, "worker processes on this machine (one per GPU where there are several)",
+                          type=int)
+    enqueue_presets: list | None = option(None, "papers' presets to evaluate as trials (no names: those "
+                                                "within 10%% of the budget)", nargs="*", metavar="PRESET")
+    seed: int = option(0, "sampler seed (give each machine sharing a study its own)", type=int)
+    heartbeat: int = option(60, "seconds between a running trial's heartbeats; silent for 3 beats = failed "
+                                "and retried", type=int, metavar="SECONDS")
+    max_retry: int = option(3, "retries of a trial whose worker died", type=int)
+    progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
+    poll: float = option(1.0, "seconds an idle worker waits before looking for work again", cli=False)
+    explicit: tuple = option((), "names of the options the user gave (a resume checks them)", cli=False)
+    worker_index: int = option(0, "index of this worker among those of one launch", cli=False)
+
+    @classmethod
+    def from_user(cls, **given) -> "RunOptions":
+        """Options from what a user typed (a call or the command line): unknown names are
+        refused, and the names given are remembered for the resume check."""
+        names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+        return cls(**given, explicit=tuple(sorted(given)))
+
+    def check(self) -> "RunOptions":
+        """Refuse a bad value in one line before anything heavy runs."""
+        _int_at_least("--trials", self.trials, 1)
+        _int_at_least("--workers", self.workers, 1)
+        parse_budget(self.budget)
+        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
+            raise ValueError(f"--tolerance: must lie in (0, 1), got {self.tolerance}")
+        if self.memory not in MEMORY_OBJECTIVES:
+            raise ValueError(f"--memory: {self.memory!r} is not allowed; allowed: {', '.join(MEMORY_OBJECTIVES)}")
+        for name, v, lo in (("--proxy-epochs", self.proxy_epochs, 1), ("--rungs", self.rungs, 1),
+                            ("--eta", self.eta, 2), ("--heartbeat", self.heartbeat, 1),
+                            ("--max-retry", self.max_retry, 0), ("--synthetic-images", self.synthetic_images, 16),
+                            ("--synthetic-image-size", self.synthetic_image_size, 8)):
+            if v is not None:
+                _int_at_least(name, v, lo)
+        trainers.protocol_hparams("proxy", hparams=self.proxy_hparams)     # unknown keys: ValueError
+        return self
+
+
+def _int_at_least(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name}: must be an integer of at least {lo}, got {value!r}")
+
+
+@dataclass
+class StudySettings:
+    """Settings fixed when a study is created, stored as flat study user attributes."""
+
+    budget: int                  # parameters
+    tolerance: float             # relative distance to the budget allowed
+    memory: str                  # memory objective: "inference" | "training" bytes per image
+    proxy_epochs: int            # epochs of rung 0
+    rungs: int                   # fidelities: proxy_epochs * eta**k, k < rungs
+    eta: int                     # promotion keeps the best 1/eta of a rung
+    data: dict                   # {"kind": "cifar10", "root": DIR} or {"kind": "synthetic", n_train, ...}
+    proxy_hparams: dict          # overrides of trainers.HPARAMS for every proxy run
+    heartbeat_interval: int      # seconds; grace period = 3 beats
+    max_retry: int               # retries of a trial whose worker died
+    uid: str                     # names this study's claims
+    format: int = SETTINGS_FORMAT
+
+    def epochs(self, rung: int) -> int:
+        return int(self.proxy_epochs * self.eta ** rung)
+
+    @property
+    def fidelities(self) -> list[int]:
+        return [self.epochs(k) for k in range(self.rungs)]
+
+    @property
+    def memory_key(self) -> str:
+        return f"{self.memory}_bytes_per_image"
+
+    @classmethod
+    def from_options(cls, opts: RunOptions, device: str) -> "StudySettings":
+        """A new study's settings; defaults that depend on the data or device are chosen here."""
+        if opts.synthetic:
+            n = int(opts.synthetic_images)
+            data = dict(kind="synthetic", n_train=n, n_val=max(64, n // 4), n_test=max(64, n // 4),
+                        image_size=int(opts.synthetic_image_size), seed=0)
+        else:
+            data = dict(kind="cifar10", root=os.path.abspath(opts.data or "data"))
+        hp = dict(opts.proxy_hparams or {})
+        if opts.synthetic:
+            # a small set: smaller batches, the learning rate scaled with them (0.1 per 128 images)
+            b = int(hp.get("batch_size", min(128, max(16, data["n_train"] // 8))))
+            hp.setdefault("batch_size", b)
+            hp.setdefault("lr", 0.1 * b / 128)
+        proxy_epochs = opts.proxy_epochs or (1 if opts.synthetic else 8 if device.startswith("cuda") else 2)
+        return cls(budget=parse_budget(opts.budget), tolerance=float(opts.tolerance), memory=opts.memory,
+                   proxy_epochs=int(proxy_epochs), rungs=int(opts.rungs or (2 if opts.synthetic else 3)),
+                   eta=int(opts.eta), data=data, proxy_hparams=hp, heartbeat_interval=int(opts.heartbeat),
+                   max_retry=int(opts.max_retry), uid=uuid.uuid4().hex[:12])
+
+    def save(self, study: optuna.Study) -> None:
+        for f in dataclasses.fields(self):
+            study.set_user_attr(f.name, getattr(self, f.name))
+
+    @classmethod
+    def load(cls, study: optuna.Study) -> "StudySettings | None":
+        """The stored settings, or None for a study not made by ``run``."""
+        a = study.user_attrs
+        if "uid" not in a or "budget" not in a:
+            return None
+        return cls(**{f.name: a[f.name] for f in dataclasses.fields(cls) if f.name in a})
+
+
+def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, object]]:
+    """Refuse an explicit option that contradicts a resumed study's settings; return the
+    ``(setting, value)`` pairs a resume may change (rungs up, heartbeat, retries)."""
+    given = set(opts.explicit)
+    fixed = {"budget": ("--budget", lambda: parse_budget(opts.budget)),
+             "tolerance": ("--tolerance", lambda: float(opts.tolerance)),
+             "memory": ("--memory", lambda: opts.memory),
+             "proxy_epochs": ("--proxy-epochs", lambda: opts.proxy_epochs),
+             "eta": ("--eta", lambda: opts.eta)}
+    for key, (flag, new) in fixed.items():
+        old = getattr(settings, key)
+        if key in given and not (new() == old or (isinstance(old, float) and math.isclose(new(), old))):
+            raise ValueError(f"study {opts.study!r} was created with {flag} {old}; it cannot change "
+                             f"(got {new()}): use another --study name")
+    if "synthetic" in given and settings.data.get("kind") != "synthetic":
+        raise ValueError(f"study {opts.study!r} trains on CIFAR-10; --synthetic cannot change that")
+    if "data" in given and settings.data.get("kind") == "synthetic":
+        raise ValueError(f"study {opts.study!r} trains on synthetic data; --data cannot change that")
+    changes = []
+    if "rungs" in given and opts.rungs and opts.rungs > settings.rungs:
+        changes.append(("rungs", int(opts.rungs)))
+    for key, name in (("heartbeat_interval", "heartbeat"), ("max_retry", "max_retry")):
+        if name in given and getattr(opts, name) != getattr(settings, key):
+            changes.append((key, int(getattr(opts, name))))
+    return changes

@@ -1,0 +1,142 @@
+"""``run``: check what the user typed, create or resume the study, run its workers.
+
+:func:`run` is the Python form of ``search.py run``. In order of cost it
+checks the options, the storage URL, the device and the data, then creates the
+study (or resumes it: a resumed study keeps its settings), enqueues the
+papers' presets that were asked for, raises the study's target to ``trials``
+and runs one worker in this process or ``workers`` spawned processes
+(:mod:`studies.worker`). At the end the results files are rewritten.
+"""
+from __future__ import annotations
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from models import presets
+from search_space import count_params
+
+from .config import RunOptions, StudySettings, check_resume
+from .objective import load_data, worker_name
+from .results import lineage_counts, pareto_set, write_results
+from .storage import Store, open_store, redact_url
+from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
+
+__all__ = ["DIRECTIONS", "run"]
+
+DIRECTIONS = ["maximize", "minimize"]   # validation accuracy, memory per image
+PRESET_SPAN = 0.10                      # --enqueue-presets without names: presets within 10% of the budget
+
+
+def _check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: {device!r} is not a device; use cuda, cuda:N or cpu") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    if dev.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device: {device!r} is not supported; use cuda, cuda:N or cpu")
+    return device
+
+
+def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> list[str]:
+    """Presets to enqueue: the names given, or (empty list) those near the budget."""
+    if requested is None:
+        return []
+    if requested:
+        for n in requested:
+            presets.info(n)       # ValueError naming the unknown preset
+        return list(dict.fromkeys(requested))
+    near = [n for n in presets.names()
+            if abs(count_params(presets.get(n)) - settings.budget) <= PRESET_SPAN * settings.budget]
+    if not near:
+        say(f"no preset within {PRESET_SPAN:.0%} of the budget ({settings.budget:,} params); none enqueued")
+    return near
+
+
+def _create_or_resume(opts: RunOptions, store: Store, device: str, say) -> StudySettings:
+    """Under the study's set-up lock: create it with new settings or check a resume; enqueue
+    the presets asked for; raise the target to ``opts.trials`` (a study never shrinks)."""
+    study = optuna.create_study(study_name=opts.study, storage=store.storage, directions=DIRECTIONS,
+                                load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != DIRECTIONS:
+        raise ValueError(f"study {opts.study!r} in {redact_url(store.url)} is not a stacking-nas study "
+                         f"(directions {[d.name for d in study.directions]})")
+    settings = StudySettings.load(study)
+    if settings is None:
+        if study.trials:
+            raise ValueError(f"study {opts.study!r} in {redact_url(store.url)} has trials but no settings")
+        settings = StudySettings.from_options(opts, device)
+        settings.save(study)
+        study.set_metric_names(["val_accuracy", settings.memory_key])
+    else:
+        for key, value in check_resume(settings, opts):
+            study.set_user_attr(key, value)
+            setattr(settings, key, value)
+    trials = study.get_trials(deepcopy=False)
+    target = max(int(opts.trials), int(study.user_attrs.get(TARGET_ATTR, 0)))
+    room = target - lineage_counts(trials)["total"]
+    have = {t.user_attrs.get("preset") for t in trials}
+    wanted = [p for p in _preset_names(opts.enqueue_presets, settings, say) if p not in have]
+    if len(wanted) > room:
+        say(f"only {max(room, 0)} of {len(wanted)} presets fit in --trials {target}: "
+            f"enqueued {', '.join(wanted[:max(room, 0)]) or 'none'}")
+        wanted = wanted[:max(room, 0)]
+    for p in wanted:
+        study.enqueue_trial({}, user_attrs={"preset": p})
+    study.set_user_attr(TARGET_ATTR, target)
+    return settings
+
+
+def _names(store: Store) -> list[str]:
+    return [s.study_name for s in store.storage.get_all_studies()]
+
+
+def run(study: str, trials: int, *, say=print, **options) -> dict:
+    """Create or resume ``study`` and run it until it holds ``trials`` finished trial
+    lineages and every due promotion is done; returns the counts, the Pareto-set size,
+    the storage URL and the results folder.
+
+    ``options`` are the fields of :class:`studies.config.RunOptions` (``budget``,
+    ``tolerance``, ``synthetic``, ``device``, ``workers``, ...), with the same
+    defaults as the command line.
+    """
+    quiet_optuna()
+    opts = RunOptions.from_user(study=study, trials=trials, **options).check()
+    device = _check_device(opts.device or default_device())
+    store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
+    try:
+        existing = store.study() if opts.study in _names(store) else None
+        stored = StudySettings.load(existing) if existing is not None else None
+        data = stored.data if stored else None
+        if data is None and not opts.synthetic:
+            data = {"kind": "cifar10", "root": opts.data or "data"}
+        if data is not None and data.get("kind") != "synthetic":
+            # once, before the study is touched: a clear error, and K workers do not download it K times
+            load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
+        with store.claims.lock(f"setup:{opts.study}"):
+            # one launcher at a time sets the study up: settings (and their uid), presets, target
+            _create_or_resume(opts, store, device, say)
+        study_obj = store.study()
+        counts = lineage_counts(study_obj.get_trials(deepcopy=False))
+        bar = tqdm(total=int(study_obj.user_attrs[TARGET_ATTR]), initial=counts["finished"],
+                   desc=f"study {opts.study}", unit="trial", disable=not opts.progress, dynamic_ncols=True)
+        echo = say if say is not print or not opts.progress else tqdm.write
+        try:
+            if opts.workers == 1:
+                work(opts, say=echo, bar=bar)
+            else:
+                codes = run_workers(opts, store, device, bar, echo)
+                bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c]
+                if bad:
+                    echo("; ".join(bad))
+            update_bar(bar, study_obj)
+        finally:
+            bar.close()
+        study_obj = store.study()
+        counts = lineage_counts(study_obj.get_trials(deepcopy=False))
+        counts.update(results=str(write_results(study_obj)), pareto=len(pareto_set(study_obj)), storage=store.url)
+        return counts
+    finally:
+        store.close()

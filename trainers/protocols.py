@@ -1,0 +1,113 @@
+"""Every training hyperparameter, in one dict with units, and the named protocols.
+
+:data:`HPARAMS` is the one list of knobs the trainer reads, with its default
+and unit; a *protocol* is a named set of overrides of it. The short proxy that
+scores a trial is one protocol among the others: it trains on the 45k training
+split and scores on the 5k validation split, where a full retrain trains on
+all 50k images and scores on the test split.
+
+* ``"proxy"`` - a few fast epochs that rank architectures (in the spirit of
+  airbench): large batch, Nesterov SGD with linear warmup and linear decay per
+  step, label smoothing, bf16 and channels_last on CUDA.
+* ``"fast"`` - what a user can afford for a Pareto set: 40 epochs of the
+  proxy's recipe.
+* ``"ho-resnet"`` - the HO-ResNet papers (000 §4.1-4.2, 001 §3.1-3.2): SGD lr
+  0.1, momentum 0.9, weight decay 1e-4, batch 128, lr x0.1 at epochs
+  100/150/200/230, 260 epochs, AutoAugment's CIFAR-10 policy plus crop and flip.
+* ``"lm-resnet"`` - LM-ResNet (002 §4, CIFAR-10): as above without
+  AutoAugment, lr x0.1 at 80 and 120, 160 epochs.
+
+Paper protocols run in fp32, as published (PyTorch uses TF32 convolutions on
+Ampere and newer GPUs by default); ``hparams={"bf16": True}`` trades exactness
+for speed.
+"""
+from __future__ import annotations
+
+__all__ = ["HPARAMS", "PROTOCOLS", "merge_hparams", "protocol_hparams"]
+
+HPARAMS: dict = {
+    # -- data
+    "train_on": "train",       # "train" (45k images) or "train+val" (all 50k, as the papers)
+    "score_on": "val",         # split scored at the end: "val" (5k held out) or "test" (10k)
+    # -- schedule
+    "epochs": 5,               # passes over the training images
+    "batch_size": 512,         # images per optimiser step
+    "lr": 0.4,                 # peak learning rate per step (0.1 per 128 images, linearly scaled)
+    "schedule": "onecycle",    # "onecycle" (per-step warmup + linear decay) or "multistep" (per epoch)
+    "warmup_frac": 0.2,        # onecycle: fraction of all steps in linear warmup from ~0 to lr
+    "final_lr_frac": 0.0,      # onecycle: learning rate at the last step, as a fraction of lr
+    "milestones": [],          # multistep: epochs where lr is multiplied by gamma
+    "gamma": 0.1,              # multistep: factor per milestone
+    # -- optimiser (SGD)
+    "momentum": 0.9,           # SGD momentum coefficient
+    "nesterov": True,          # Nesterov momentum
+    "weight_decay": 5e-4,      # L2 coefficient added to the gradient (PyTorch SGD convention)
+    "decay_1d": False,         # False: no decay on 1-d/scalar parameters (BN, biases, learnable steps)
+    "label_smoothing": 0.2,    # fraction of the target mass spread uniformly over the classes
+    # -- augmentation (on the device, uint8)
+    "crop_pad": 4,             # pixels of zero padding on each side before the random crop
+    "flip": True,              # random horizontal flip with probability 1/2
+    "autoaugment": False,      # torchvision AutoAugment, CIFAR-10 policy
+    "autoaugment_chunk": 64,   # images sharing one sampled AutoAugment sub-policy
+    # -- numerics and throughput
+    "bf16": True,              # bf16 autocast on CUDA (the CPU always runs fp32)
+    "channels_last": True,     # NHWC memory format on CUDA (ignored on the CPU)
+    "drop_last": True,         # drop the last partial batch: one batch shape per epoch
+    "eval_batch_size": 1024,   # images per evaluation forward pass
+    "nan_check_every": 50,     # optimiser steps between host syncs that look for a nan/inf loss
+}
+
+# What the two papers' protocols share (000 §4.1 / 001 §3.1; 002 §4).
+_PAPER = {
+    "train_on": "train+val", "score_on": "test",
+    "batch_size": 128, "lr": 0.1, "nesterov": False, "weight_decay": 1e-4, "decay_1d": True,
+    "label_smoothing": 0.0, "schedule": "multistep", "gamma": 0.1, "warmup_frac": 0.0,
+    "bf16": False,             # fp32 as published
+    "drop_last": False,        # every image every epoch, like a DataLoader
+    "nan_check_every": 100,
+}
+
+PROTOCOLS: dict[str, dict] = {
+    "proxy": {**HPARAMS},
+    "fast": {**HPARAMS, "train_on": "train+val", "score_on": "test",
+             "epochs": 40, "label_smoothing": 0.1, "warmup_frac": 0.15, "nan_check_every": 100},
+    "ho-resnet": {**HPARAMS, **_PAPER, "epochs": 260, "milestones": [100, 150, 200, 230], "autoaugment": True},
+    "lm-resnet": {**HPARAMS, **_PAPER, "epochs": 160, "milestones": [80, 120]},
+}
+
+_CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),
+            "schedule": ("onecycle", "multistep")}
+
+
+def merge_hparams(base: dict, overrides: dict | None) -> dict:
+    """``base`` updated with ``overrides``; an unknown key or a value of the wrong kind
+    is a one-line ValueError naming what is allowed."""
+    hp = dict(base)
+    for k, v in (overrides or {}).items():
+        if k not in hp:
+            raise ValueError(f"unknown hyperparameter {k!r}; known: {', '.join(sorted(hp))}")
+        hp[k] = v
+    for k, allowed in _CHOICES.items():
+        if hp[k] not in allowed:
+            raise ValueError(f"hyperparameter {k}: {hp[k]!r} is not allowed; allowed: {', '.join(allowed)}")
+    return hp
+
+
+def protocol_hparams(protocol: str, *, epochs: int | None = None, hparams: dict | None = None) -> dict:
+    """The hyperparameters of ``protocol`` with ``hparams`` and an ``epochs`` override applied.
+
+    Overriding ``epochs`` of a multistep protocol scales its milestones
+    proportionally (``lm-resnet`` at 16 epochs steps at 8 and 12). An unknown
+    protocol is a ValueError naming the allowed ones.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    base = PROTOCOLS[protocol]
+    hp = merge_hparams(base, hparams)
+    hp["milestones"] = list(hp["milestones"])
+    if epochs is not None and int(epochs) != base["epochs"]:
+        hp["epochs"] = int(epochs)
+        if hp["schedule"] == "multistep" and "milestones" not in (hparams or {}):
+            scale = hp["epochs"] / base["epochs"]
+            hp["milestones"] = [round(m * scale) for m in base["milestones"]]
+    return hp
