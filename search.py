@@ -33,6 +33,7 @@ import trainers
 from models import ArchSpec, SpecError, presets
 from models.measure import count_macs, count_params, peak_memory
 from studies.config import RunOptions
+from studies.export import BEST_RULE
 
 
 class UserError(Exception):
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flags(e)
     g = e.add_mutually_exclusive_group()
     g.add_argument("--trial", type=int, default=None, help="trial number")
-    g.add_argument("--best", action="store_true", help="best on the front (default)")
+    g.add_argument("--best", action="store_true", help=f"the default: {BEST_RULE}")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     e.add_argument("--device", default=None, help="device the program is exported on (default: cpu)")

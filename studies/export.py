@@ -1,18 +1,24 @@
-"""Export a trial as a PyTorch module that runs with torch alone (``search.py export``).
+"""Export a trial as a PyTorch program that runs with torch alone (``search.py export``).
 
 The output folder holds
 
-* ``spec.json``     the architecture (``models.build(ArchSpec.from_json(...))`` rebuilds it);
-* ``weights.pt``    the trained ``state_dict``;
-* ``model.pt2``     a ``torch.export`` program (``torch.export.load(...).module()``), eval mode,
-                    dynamic batch size: needs neither this project nor its classes;
-* ``model_card.md`` what the network is, how well it did, and how to load it.
+* ``model.pt2``       a ``torch.export`` program (``torch.export.load(...).module()``) of the
+                      network in eval mode, with the input normalisation inside: it takes what a
+                      user has, float RGB in [0, 1], NCHW, at the training image size, and returns
+                      logits; the batch size is free. Needs neither this project nor its classes;
+* ``preprocess.json`` what the program expects and what it was trained with: input range,
+                      layout, image size, the mean/std it applies, the class names;
+* ``spec.json``       the architecture (``models.build(ArchSpec.from_json(...))`` rebuilds it);
+* ``weights.pt``      the trained ``state_dict`` of that network (which takes normalised inputs);
+* ``model_card.md``   what the network is, what it was trained on, how well it did, how to use it.
 
-The default trial ("best") is the Pareto-front trial with the highest
-retrained test accuracy, or, when no front trial was retrained, the one with
-the highest proxy accuracy; the card says which rule chose it. A trial
-without trained weights is refused (``search.py retrain`` makes them): an
-untrained network is never exported silently.
+The default trial ("best") is chosen by **validation** accuracy, never by test
+accuracy (choosing on the test set would bias the reported figure upward):
+among the Pareto-front trials with retrained weights, the one with the highest
+proxy validation accuracy (each trial at the longest fidelity it reached, the
+rule the front itself uses). Its test accuracy is then reported, and only its.
+A trial without trained weights is refused (``search.py retrain`` makes
+them): an untrained network is never exported silently.
 """
 from __future__ import annotations
 
@@ -26,17 +32,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import models
 from models import ArchSpec, SpecError
 
+from .config import StudySettings
+from .objective import load_data
 from .results import _finite, pareto_numbers, trials_with_results
 from .storage import data_home, open_existing, redact_url, sqlite_path
 
-__all__ = ["FILES", "export", "export_trial", "find_weights", "select_trial"]
+__all__ = ["BEST_RULE", "FILES", "export", "export_trial", "find_weights", "select_trial"]
 
-FILES = ("spec.json", "weights.pt", "model.pt2", "model_card.md")
+FILES = ("spec.json", "weights.pt", "model.pt2", "preprocess.json", "model_card.md")
 ATOL = 1e-5
+BEST_RULE = ("the highest validation accuracy (proxy, at the longest fidelity each trial reached) among the "
+             "Pareto-front trials that were retrained; test accuracy is never used to choose")
 
 
 # --------------------------------------------------------------------------
@@ -47,9 +58,9 @@ def select_trial(study, number: int | None = None):
     """``(trial, rule)``: trial ``number`` (must have completed), or the best one.
 
     The trial is the merged record of :func:`studies.trials_with_results`
-    (promotions and the latest retrain folded into ``user_attrs``). Best =
-    highest retrained test accuracy among the Pareto-front trials, else the
-    highest proxy (validation, longest fidelity) accuracy on the front.
+    (promotions and the latest retrain folded into ``user_attrs``). Best: see
+    :data:`BEST_RULE`; when no front trial was retrained yet, the front trial with
+    the highest validation accuracy (which then has no weights to export).
     ``rule`` is a phrase for the model card. Raises a one-line ValueError when
     there is nothing to export.
     """
@@ -75,14 +86,17 @@ def select_trial(study, number: int | None = None):
     front = [t for t in trials if t.number in front_ids and t.state.name == "COMPLETE"]
     if not front:
         raise ValueError(f"study {name!r} has no completed trials yet; nothing to export")
-    retrained = [t for t in front if _finite(t.user_attrs.get("retrain_test_accuracy")) is not None]
+
+    def validation(t):
+        acc = _finite(t.user_attrs.get("val_accuracy"))
+        return (acc if acc is not None else -math.inf, -t.number)
+
+    retrained = [t for t in front if t.user_attrs.get("retrain_status") == "ok" and t.user_attrs.get("weights_path")]
     if retrained:
-        best = max(retrained, key=lambda t: (_finite(t.user_attrs["retrain_test_accuracy"]), -t.number))
-        return best, (f"best: highest retrained test accuracy on the Pareto front "
-                      f"({len(retrained)} of its {len(front)} trials retrained)")
-    best = max(front, key=lambda t: (_finite(t.values[0]) if t.values else -math.inf, -t.number))  # longest fidelity
-    return best, (f"best: highest proxy (validation) accuracy on the Pareto front "
-                  f"(none of its {len(front)} trials retrained yet)")
+        return max(retrained, key=validation), (f"best: {BEST_RULE} ({len(retrained)} of the front's "
+                                                f"{len(front)} trials retrained)")
+    return max(front, key=validation), (f"best: the highest validation accuracy on the Pareto front "
+                                        f"(none of its {len(front)} trials retrained yet)")
 
 
 def _one_line(text) -> str:
@@ -91,15 +105,15 @@ def _one_line(text) -> str:
 
 
 # --------------------------------------------------------------------------
-# weights
+# weights and preprocessing
 # --------------------------------------------------------------------------
 
 def find_weights(trial, storage_url: str | None = None) -> Path:
     """The trained weights file of ``trial`` (its ``weights_path`` user attr).
 
-    A relative path is looked up from the working directory, then next to a
-    SQLite study database. Raises a one-line ValueError telling the user to
-    run ``search.py retrain`` when the trial has no weights.
+    A relative path is looked up from the working directory, then in the data
+    home and next to a SQLite study database. Raises a one-line ValueError
+    telling the user to run ``search.py retrain`` when the trial has no weights.
     """
     a = trial.user_attrs
     raw = a.get("weights_path")
@@ -135,6 +149,34 @@ def _load_state_dict(path: Path) -> dict:
     return obj
 
 
+def _training_data(study, trial) -> dict:
+    """What the weights were trained on: ``name``, ``mean``, ``std`` (per channel, [0, 1] units),
+    ``classes``. The retrain records it; for an older retrain it is recomputed from the study's data."""
+    recorded = trial.user_attrs.get("retrain_data")
+    if isinstance(recorded, dict) and {"mean", "std", "classes"} <= set(recorded):
+        return recorded
+    settings = StudySettings.load(study)
+    if settings is None:
+        raise ValueError(f"trial {trial.number}'s retrain does not record its data's normalisation and the study "
+                         f"has no settings to recompute it; retrain it again")
+    data = load_data(settings.data)
+    return {"name": data.name, "mean": list(data.mean), "std": list(data.std), "classes": list(data.classes)}
+
+
+class Preprocessed(nn.Module):
+    """The network behind its input normalisation: takes float RGB in [0, 1], NCHW, and
+    applies ``(x - mean) / std`` per channel (the statistics of the training images)."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
 # --------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------
@@ -147,7 +189,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _export_program(model, example):
+def _export_program(model: nn.Module, example: torch.Tensor):
     """``torch.export`` with a dynamic batch dimension, static if that fails."""
     try:
         ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim.DYNAMIC}})
@@ -160,9 +202,9 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
                  device: str | None = None, storage_url: str | None = None) -> dict:
     """Write ``FILES`` for ``trial`` into ``out_dir``; return a summary dict.
 
-    The exported program is checked before anything is written: it must give
-    the eager network's logits (``atol=1e-5``) on a batch of 2 and, when the
-    batch is dynamic, on a single image.
+    The exported program is checked before anything is written: on [0, 1]
+    images it must give the eager network's logits on the normalised images
+    (``atol=1e-5``) for a batch of 2 and, when the batch is dynamic, for one image.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -178,43 +220,55 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
         raise ValueError(f"trial {trial.number}'s spec is invalid: {_one_line(e)}") from None
     weights_file = find_weights(trial, storage_url)
     state = _load_state_dict(weights_file)
+    data = _training_data(study, trial)
 
     dev = torch.device(device or "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device available here")
-    model = models.build(spec)
+    net = models.build(spec)
     try:
-        model.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"weights {weights_file} do not fit trial {trial.number}'s spec: "
                          f"{_one_line(e)}") from None
-    model = model.to(dev).eval()
+    net = net.to(dev).eval()
+    model = Preprocessed(net, data["mean"], data["std"]).to(dev).eval()
     gen = torch.Generator().manual_seed(0)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
-    example = torch.randn(2, *shape, generator=gen).to(dev)
+    example = torch.rand(2, *shape, generator=gen).to(dev)
     with torch.no_grad():
         program, dynamic = _export_program(model, example)
-        reference = model(example)
+        reference = net((example - model.mean) / model.std)
 
+    preprocess = {
+        "input": "float32 RGB in [0, 1], NCHW (batch, channel, height, width)",
+        "input_range": [0.0, 1.0], "layout": "NCHW", "dtype": "float32",
+        "image_size": [spec.image_size, spec.image_size], "channels": spec.in_channels,
+        "normalization": "inside model.pt2: (x - mean) / std per channel; do not normalise again",
+        "mean": list(data["mean"]), "std": list(data["std"]),
+        "classes": list(data["classes"]), "output": "logits (apply softmax for probabilities)",
+        "trained_on": data.get("name"),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "spec.json").write_text(spec.to_json(indent=2) + "\n")
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "weights.pt")
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp / "weights.pt")
         torch.export.save(program, tmp / "model.pt2")
+        (tmp / "preprocess.json").write_text(json.dumps(preprocess, indent=2) + "\n")
         # round trip: the saved program gives the eager logits
         loaded = torch.export.load(tmp / "model.pt2").module()
         with torch.no_grad():
             checks = [(example, reference)]
             if dynamic:
-                one = torch.randn(1, *shape, generator=gen).to(dev)
-                checks.append((one, model(one)))
+                one = torch.rand(1, *shape, generator=gen).to(dev)
+                checks.append((one, net((one - model.mean) / model.std)))
             err = max(float((loaded(x) - y).abs().max()) for x, y in checks)
         if not err <= ATOL:
             raise RuntimeError(f"exported program differs from the network by {err:.3g} (> {ATOL})")
         summary = dict(study=study.study_name, trial=trial.number, rule=rule, out=str(out), spec=spec,
                        weights_source=str(weights_file), dynamic_batch=dynamic, max_abs_error=err,
-                       device=str(dev), input_shape=list(shape))
+                       device=str(dev), input_shape=list(shape), data=data)
         (tmp / "model_card.md").write_text(model_card(study, trial, spec, summary, tmp, storage_url))
         out.mkdir(parents=True, exist_ok=True)
         for name in FILES:
@@ -224,6 +278,23 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     summary["files"] = [str(out / n) for n in FILES]
     return summary
 
+
+def export(study: str, out: str | Path, *, trial: int | None = None, storage: str | None = None,
+           force: bool = False, device: str | None = None) -> dict:
+    """Export trial ``trial`` of ``study`` (default: the best, see :data:`BEST_RULE`) into
+    the folder ``out``; return the summary (``rule`` says how the trial was chosen)."""
+    store = open_existing(study, storage)
+    try:
+        st = store.study()
+        record, rule = select_trial(st, trial)
+        return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------
+# the model card
+# --------------------------------------------------------------------------
 
 def _pct(v) -> str:
     v = _finite(v)
@@ -242,9 +313,23 @@ def _int(v) -> str:
     return "–" if v is None else f"{int(v):,}"
 
 
+def _epochs(n) -> str:
+    n = int(n)
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+USAGE = """\
+import json, numpy as np, torch
+from PIL import Image
+model = torch.export.load("model.pt2").module()
+x = torch.from_numpy(np.asarray(Image.open("image.png").convert("RGB").resize(({size}, {size})))).permute(2, 0, 1)[None] / 255.0
+print(json.load(open("preprocess.json"))["classes"][model(x.float()).argmax(1).item()])"""
+
+
 def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str | None = None) -> str:
     """The markdown model card of an exported trial."""
     a = trial.user_attrs
+    data = summary["data"]
     on_front = trial.number in pareto_numbers(study, trials_with_results(study))
     arch = a.get("architecture") or models.describe(spec)
     fidelities = sorted(((k.split("@", 1)[1], v) for k, v in a.items() if k.startswith("val_accuracy@")),
@@ -253,23 +338,45 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
                  (trial.values[0] if trial.values else None))
     epochs = a.get("proxy_epochs")
     retrained = _finite(a.get("retrain_test_accuracy"))
-    shape = summary["input_shape"]
+    size = spec.image_size
     stage_rows = "\n".join(
         f"| {i} | {s['name']} | {s['scheme']} | {s['blocks']} | {s['depth']} | "
         f"{s['step']['mode']} {s['step']['value']:g} | {s['width']} | {'yes' if s['downsample'] else 'no'} |"
         for i, s in enumerate(models.stage_summaries(spec)))
     mem = study.user_attrs.get("memory", "inference")
+    synthetic = data.get("name") == "synthetic"
+    trained_on = ("**synthetic data**: the small 10-class stand-in the project uses for demos and tests, not "
+                  "CIFAR-10; these weights classify nothing real" if synthetic else
+                  f"{data.get('name') or 'CIFAR-10'} ({len(data['classes'])} classes)")
+    protocol = a.get("retrain_protocol")
+    how = (f"retrained with the `{protocol}` protocol for {_epochs(a['retrain_epochs'])}" if protocol and
+           a.get("retrain_epochs") else "weights from the retrain")
     lines = [
         f"# {arch}",
         "",
+        *([f"> **Trained on synthetic data** (a demo study): not a CIFAR-10 model.", ""] if synthetic else []),
         f"Trial {trial.number} of the study `{study.study_name}` "
         f"({'on' if on_front else 'not on'} the accuracy-vs-memory Pareto front); {summary['rule']}.",
+        f"Trained on {trained_on}; {how}.",
         "",
         *([f"Preset: `{a['preset']}` (one of the papers' networks).", ""] if a.get("preset") else []),
+        "## Using it",
+        "",
+        f"`model.pt2` takes float RGB images in [0, 1], NCHW, of exactly {size}x{size} pixels (any batch size) "
+        "and returns **logits** (apply a softmax for probabilities). The normalisation with the training "
+        "images' mean and std is inside the program: do not normalise again. Other sizes fail with a "
+        f"shape guard error: resize first, e.g. `Image.resize(({size}, {size}))` or "
+        f"`torch.nn.functional.interpolate(x, size=({size}, {size}), mode=\"bilinear\")`. `preprocess.json` "
+        "records all of it, with the class names. With torch, numpy and Pillow only:",
+        "",
+        "```python",
+        USAGE.format(size=size),
+        "```",
+        "",
         "## Architecture",
         "",
         f"`{arch}`, built by `models.build(spec)` from `spec.json` (seed {spec.seed}, "
-        f"{spec.in_channels}x{spec.image_size}x{spec.image_size} inputs, {spec.num_classes} classes, "
+        f"{spec.in_channels}x{size}x{size} inputs, {spec.num_classes} classes, "
         f"head `{spec.head}`, transitions `{spec.transition}`).",
         "",
         "| stage | name | scheme | blocks | nesting | step | width | downsample |",
@@ -286,48 +393,36 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         f"| training memory (one step, per image) | {_bytes(a.get('training_bytes_per_image'))} |",
         f"| study budget / memory objective | {_int(study.user_attrs.get('budget'))} params / {mem} |",
         f"| proxy validation accuracy | {proxy}"
-        + (f" after {epochs:g} epochs" if _finite(epochs) is not None else "")
+        + (f" after {_epochs(epochs)}" if _finite(epochs) is not None else "")
         + (f" on {a['device']}" if a.get("device") else "") + " |",
-        *(f"| validation accuracy after {e} epochs | {_pct(v)} |" for e, v in fidelities if len(fidelities) > 1),
+        *(f"| validation accuracy after {_epochs(e)} | {_pct(v)} |" for e, v in fidelities if len(fidelities) > 1),
         "| retrained test accuracy | "
-        + (f"{_pct(retrained)} (protocol `{a.get('retrain_protocol', '?')}`"
-           + (f", {a['retrain_epochs']} epochs" if a.get("retrain_epochs") else "") + ")" if retrained is not None
+        + (f"{_pct(retrained)} (protocol `{protocol or '?'}`"
+           + (f", {_epochs(a['retrain_epochs'])}" if a.get("retrain_epochs") else "") + ")" if retrained is not None
            else "not retrained: these weights come from the proxy training") + " |",
         "",
-        "Validation accuracy is top-1 on the held-out split of the training set; only the full retrain",
-        "touches the test set.",
+        "Validation accuracy is top-1 on a split held out of the training images, and it alone chose this",
+        "trial; only the full retrain touches the test set, and its accuracy is reported for this trial only.",
         "",
         "## Files",
         "",
         "| file | sha256 |",
         "|---|---|",
-        *(f"| `{n}` | `{_sha256(folder / n)}` |" for n in ("spec.json", "weights.pt", "model.pt2")),
+        *(f"| `{n}` | `{_sha256(folder / n)}` |" for n in ("spec.json", "weights.pt", "model.pt2", "preprocess.json")),
         "",
-        f"`model.pt2` is a `torch.export` program of the network in eval mode on `{summary['device']}`, "
-        f"batch dimension {'dynamic' if summary['dynamic_batch'] else 'fixed at 2'}; checked against the network "
+        f"`model.pt2` is a `torch.export` program exported on `{summary['device']}`, batch dimension "
+        f"{'dynamic' if summary['dynamic_batch'] else 'fixed at 2'}; checked against the network "
         f"(max |difference| {summary['max_abs_error']:.1e}). Exported with torch {torch.__version__}.",
         "",
-        "Inputs are float32 images normalised per channel, `(x / 255 - mean) / std`, with the training",
-        "set's mean and std (the trainers compute them from the training split).",
+        "## Rebuilding it with this project",
         "",
-        "## Loading with torch alone",
-        "",
-        "```python",
-        "import torch",
-        "",
-        'model = torch.export.load("model.pt2").module()',
-        f"logits = model(torch.randn({'8' if summary['dynamic_batch'] else '2'}, {shape[0]}, {shape[1]}, "
-        f"{shape[2]}))  # normalised images",
-        "```",
-        "",
-        "## Loading with this project",
+        "`weights.pt` belongs to the network without the normalisation, which takes normalised images:",
         "",
         "```python",
         "import torch",
         "import models",
-        "from models import ArchSpec",
         "",
-        'spec = ArchSpec.from_json(open("spec.json").read())',
+        'spec = models.ArchSpec.from_json(open("spec.json").read())',
         "model = models.build(spec)",
         'model.load_state_dict(torch.load("weights.pt", weights_only=True))',
         "model.eval()",
@@ -338,16 +433,3 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         "",
     ]
     return "\n".join(lines)
-
-
-def export(study: str, out: str | Path, *, trial: int | None = None, storage: str | None = None,
-           force: bool = False, device: str | None = None) -> dict:
-    """Export trial ``trial`` of ``study`` (default: the best, see :func:`select_trial`) into
-    the folder ``out``; return the summary (``rule`` says how the trial was chosen)."""
-    store = open_existing(study, storage)
-    try:
-        st = store.study()
-        record, rule = select_trial(st, trial)
-        return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
-    finally:
-        store.close()

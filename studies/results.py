@@ -243,6 +243,7 @@ def trials_with_results(study, trials=None) -> list:
                 "retrain_device": r.get("device"),
                 "retrain_cuda_peak_bytes": r.get("cuda_peak_bytes"),
                 "weights_path": r.get("weights_path"),
+                "retrain_data": r.get("data"),
             })
         t.user_attrs = ua
         out.append(t)

@@ -136,7 +136,10 @@ def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say,
              "reason": r.reason, "test_accuracy": r.test_accuracy, "test_loss": r.loss if r.ok else None,
              "epochs": r.epochs, "seconds": round(sum(h.get("seconds", 0.0) for h in r.history), 3),
              "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes,
-             "checkpoint_path": str(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now()}
+             "checkpoint_path": str(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now(),
+             # what export needs to put the normalisation inside the program
+             "data": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
+                      "classes": list(data.classes)}}
     if r.ok and r.state_dict is not None:
         weights = folder / "weights.pt"
         tmp = weights.with_suffix(".pt.tmp")

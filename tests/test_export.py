@@ -6,9 +6,12 @@ cannot import this project and must give the project's logits.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -20,6 +23,7 @@ from models import ArchSpec, StageSpec
 from studies.export import FILES, select_trial
 
 SPEC = ArchSpec(stages=(StageSpec(scheme="euler", blocks=1, width=8),), name="tiny")
+ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("models", "search_space", "trainers", "studies", "search")
 
 
@@ -44,6 +48,21 @@ def attrs(spec: ArchSpec, acc: float, **extra) -> dict:
             "status": "ok", "val_accuracy@2": acc, "val_accuracy": acc, **extra}
 
 
+DATA = {"name": "cifar10", "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26],
+        "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+
+
+def retrain_entry(number: int, test_accuracy: float, weights: Path, epochs: int = 40, data=DATA) -> dict:
+    """A finished retrain as ``studies.retrain`` stores it (study user attr ``retrain:N:LABEL``)."""
+    return {"number": number, "protocol": "fast", "label": "fast", "status": "ok", "reason": "",
+            "test_accuracy": test_accuracy, "epochs": epochs, "weights_path": str(weights),
+            "finished_at": "2026-01-01T00:00:00+00:00", "data": data}
+
+
+def normalised(x: torch.Tensor, data=DATA) -> torch.Tensor:
+    return (x - torch.tensor(data["mean"]).view(1, 3, 1, 1)) / torch.tensor(data["std"]).view(1, 3, 1, 1)
+
+
 @pytest.fixture()
 def study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'exp.db'}"
@@ -55,9 +74,7 @@ def study(tmp_path):
     ct = optuna.trial.create_trial
     # 0: on the front, retrained, weights   1: on the front (more accurate, more memory), no weights
     s.add_trial(ct(values=[0.40, 65_536], user_attrs=attrs(SPEC, 0.40)))
-    s.set_user_attr("retrain:0:fast", {  # as studies.retrain stores a finished retrain
-        "number": 0, "protocol": "fast", "label": "fast", "status": "ok", "reason": "", "test_accuracy": 0.55,
-        "epochs": 40, "weights_path": str(weights), "finished_at": "2026-01-01T00:00:00+00:00"})
+    s.set_user_attr("retrain:0:fast", retrain_entry(0, 0.55, weights))
     wide = ArchSpec(stages=(StageSpec(scheme="rk4", blocks=1, width=8),))
     s.add_trial(ct(values=[0.60, 90_000], user_attrs={**attrs(wide, 0.60), "inference_bytes_per_image": 90_000}))
     s.add_trial(ct(state=optuna.trial.TrialState.FAIL, values=None,
@@ -112,16 +129,19 @@ def test_export_loads_with_torch_alone(study):
     assert spec == SPEC
     net = models.build(spec).eval()
     net.load_state_dict(trained_weights(SPEC))
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))  # batch 3: not the export's 2
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))  # batch 3: not the export's 2
     with torch.no_grad():
-        expected = net(x)
-    assert not torch.allclose(expected, models.build(spec).eval()(x))  # the weights are not the init ones
+        expected = net(normalised(x))               # model.pt2 takes [0, 1] images and normalises inside
+    assert not torch.allclose(expected, models.build(spec).eval()(normalised(x)))  # not the init weights
 
-    # models.build(spec) + weights.pt
+    # models.build(spec) + weights.pt, on normalised images
     rebuilt = models.build(ArchSpec.from_json((out / "spec.json").read_text())).eval()
     rebuilt.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(rebuilt(normalised(x)), expected, atol=1e-5, rtol=0)
+    pre = json.loads((out / "preprocess.json").read_text())
+    assert (pre["mean"], pre["std"], pre["classes"]) == (DATA["mean"], DATA["std"], DATA["classes"])
+    assert pre["input_range"] == [0.0, 1.0] and pre["layout"] == "NCHW" and pre["image_size"] == [32, 32]
 
     # model.pt2 in a fresh, isolated interpreter that cannot import the project
     work = tmp / "fresh"
@@ -143,8 +163,11 @@ def test_model_card_and_best_rule(study):
     assert cli("export", "--study", "exp", "--storage", storage, "--best", "--out", str(out))[0] == 0
     card = (out / "model_card.md").read_text()
     assert card.startswith("# Euler x1 / 8ch")
-    assert "highest retrained test accuracy" in card and "55.00%" in card and "40.00%" in card
+    assert "highest validation accuracy" in card and "test accuracy is never used to choose" in card
+    assert "55.00%" in card and "40.00%" in card
     assert "torch.export.load(\"model.pt2\").module()" in card and "models.build(spec)" in card
+    assert "logits" in card and "exactly 32x32" in card and "resize" in card
+    assert "40 epochs" in card and "Trained on cifar10 (10 classes)" in card and "synthetic" not in card
     assert f"| parameters | {models.measure.count_params(models.build(SPEC)):,} |" in card
     assert "on the accuracy-vs-memory Pareto front" in card
 
@@ -153,7 +176,80 @@ def test_model_card_and_best_rule(study):
     s.add_trial(optuna.trial.create_trial(values=[0.9, 10.0], user_attrs={**attrs(SPEC, 0.9),
                                                                         "inference_bytes_per_image": 10}))
     trial, rule = select_trial(s)
-    assert trial.number == 4 and "highest proxy" in rule
+    assert trial.number == 4 and "highest validation accuracy" in rule and "none of its" in rule
+
+
+def test_best_is_chosen_by_validation_never_by_test(study):
+    """Two retrained front trials: the one with the better test accuracy but the worse validation
+    accuracy must not win (choosing on the test set biases the reported figure upward)."""
+    storage, tmp = study
+    s = optuna.load_study(study_name="exp", storage=storage)
+    weights = tmp / "runs" / "trial-1.pt"
+    wide = ArchSpec(stages=(StageSpec(scheme="rk4", blocks=1, width=8),))
+    torch.save(trained_weights(wide), weights)
+    s.set_user_attr("retrain:1:fast", retrain_entry(1, 0.50, weights))       # val 0.60, test 0.50
+    trial, rule = select_trial(s)                                           # trial 0: val 0.40, test 0.55
+    assert trial.number == 1 and "validation" in rule
+    out = tmp / "best"
+    rc, stdout, err = cli("export", "--study", "exp", "--storage", storage, "--out", str(out))
+    assert rc == 0 and "trial 1" in stdout, err
+    card = (out / "model_card.md").read_text()
+    assert "50.00%" in card and "55.00%" not in card                          # only the chosen one's test figure
+    help_text = subprocess.run([sys.executable, str(ROOT / "search.py"), "export", "--help"],
+                               capture_output=True, text=True, timeout=120).stdout
+    assert "validation accuracy" in " ".join(help_text.split()) and "never used to choose" in help_text
+
+
+def _card_snippet(card: str) -> str:
+    """The python block of the card's "Using it" section, as a user would copy it."""
+    section = card.split("## Using it", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_card_example_classifies_a_png_with_torch_alone(study):
+    """The card's five lines, run as written in an isolated interpreter that cannot import the
+    project, on a PNG from disk: the class printed is the network's on the normalised image."""
+    from PIL import Image
+    storage, tmp = study
+    out = tmp / "export"
+    assert cli("export", "--study", "exp", "--storage", storage, "--out", str(out))[0] == 0
+    snippet = _card_snippet((out / "model_card.md").read_text())
+    assert len(snippet.strip().splitlines()) == 5
+    rng = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(32, 32, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(out / "image.png")
+    script = out / "use.py"
+    blocker = ISOLATED.split("import torch\n")[0].format(blocked=repr(set(PROJECT_PACKAGES)), pt2="")
+    script.write_text(blocker + snippet)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    res = subprocess.run([sys.executable, "-I", str(script)], cwd=out, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    net = models.build(SPEC).eval()
+    net.load_state_dict(trained_weights(SPEC))
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        expected = DATA["classes"][int(net(normalised(x)).argmax(1))]
+    assert res.stdout.strip() == expected
+
+    # the input size is fixed: another size fails, as the card says
+    program = torch.export.load(out / "model.pt2").module()
+    with pytest.raises(Exception):
+        program(torch.rand(1, 3, 64, 64))
+
+
+def test_card_of_a_synthetic_study_says_so_at_the_top(study):
+    storage, tmp = study
+    s = optuna.load_study(study_name="exp", storage=storage)
+    synthetic = {**DATA, "name": "synthetic", "classes": [f"class{i}" for i in range(10)]}
+    s.set_user_attr("retrain:0:fast", retrain_entry(0, 0.55, Path(s.user_attrs["retrain:0:fast"]["weights_path"]),
+                                                    epochs=1, data=synthetic))
+    out = tmp / "syn"
+    assert cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out))[0] == 0
+    card = (out / "model_card.md").read_text()
+    head = "\n".join(card.splitlines()[:4])
+    assert "synthetic data" in head and "not a CIFAR-10 model" in head
+    assert "1 epoch" in card and "1 epochs" not in card
 
 
 @pytest.mark.parametrize("argv, message", [
