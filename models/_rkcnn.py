@@ -43,7 +43,7 @@ VARIANTS = ("e", "i", "r")
 
 __all__ = [
     "VARIANTS", "PAPER_PARAM_ROWS", "BottleneckUnit", "RKCNNStep", "RKCNNPeriod",
-    "ChannelAttention", "RKCNNTransition", "MultiscaleHead", "RKCNN", "rkcnn_network",
+    "ChannelAttention", "RKCNNTransition", "MultiscaleHead",
     "init_rkcnn_weights",
 ]
 
@@ -75,8 +75,12 @@ PAPER_PARAM_ROWS: tuple[dict, ...] = (
 
 def init_rkcnn_weights(module: nn.Module) -> None:
     """The authors' initialisation (004 §4.1.2; ZhuMai/RKCNN): He-normal (fan-in)
-    convolutions, BN weight 1 / bias 0, Xavier-uniform Linear weights with zero bias."""
+    convolutions, BN weight 1 / bias 0, Xavier-uniform Linear weights with zero bias.
+    Meta tensors (builds that only count parameters) are left alone: their init costs
+    most of such a build's time and has no values to set."""
     for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
@@ -276,46 +280,3 @@ class MultiscaleHead(nn.Module):
             raise ValueError(f"expected {len(self.norms)} feature maps, got {len(features)}")
         pooled = [self.pool(torch.relu(bn(f))).flatten(1) for bn, f in zip(self.norms, features)]
         return self.fc(torch.cat(pooled, 1))
-
-
-class RKCNN(nn.Module):
-    """Preprocessor ``conv3x3(in -> k1)`` + periods + transitions + multiscale head (004 Fig. 1)."""
-
-    def __init__(self, stem: nn.Module, periods: Sequence[RKCNNPeriod], transitions: Sequence[nn.Module],
-                 head: MultiscaleHead):
-        super().__init__()
-        self.stem = stem
-        self.periods = nn.ModuleList(periods)
-        self.transitions = nn.ModuleList(transitions)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        finals: list[torch.Tensor] = []
-        for d, period in enumerate(self.periods):
-            y = period(y)
-            finals.append(y)
-            if d < len(self.transitions):
-                y = self.transitions[d](y)
-        return self.head(finals)
-
-
-def rkcnn_network(growth_rates: Sequence[int], stages: Sequence[int], steps: Sequence[int] | int = 1,
-                  variant: str = "e", attention: bool = True, num_classes: int = 10, in_channels: int = 3,
-                  bottleneck: int | None = None, dropout: float = 0.0) -> RKCNN:
-    """The CIFAR/SVHN RKCNN of 004 §4.1.2 (``RKCNN-I-5_5_6`` = ``stages=(5, 5, 6)``).
-
-    With ``attention=True`` and the defaults this is exactly the authors' network and
-    matches every row of :data:`PAPER_PARAM_ROWS`.
-    """
-    ks = [_positive(f"growth_rates[{i}]", int(k)) for i, k in enumerate(growth_rates)]
-    ss = list(stages)
-    rs = [steps] * len(ks) if isinstance(steps, int) else list(steps)
-    if not ks or len(ss) != len(ks) or len(rs) != len(ks):
-        raise ValueError(f"growth_rates, stages and steps need one entry per period; got "
-                         f"{len(ks)}, {len(ss)}, {len(rs)}")
-    stem = nn.Conv2d(in_channels, ks[0], 3, padding=1, bias=False)
-    init_rkcnn_weights(stem)
-    periods = [RKCNNPeriod(k, k, s, r, variant, bottleneck, dropout) for k, s, r in zip(ks, ss, rs)]
-    transitions = [RKCNNTransition(ks[d], ks[d + 1], attention, dropout=dropout) for d in range(len(ks) - 1)]
-    return RKCNN(stem, periods, transitions, MultiscaleHead(ks, num_classes))

@@ -1,21 +1,42 @@
-"""Networks: ``build(spec)`` assembles stem, stages, transitions and head (SPEC §2).
+"""Networks: ``build(spec)`` assembles stem, stages, transitions and head (000/001 §4.1,
+002 §4, 004 §4.1.2).
 
 Three macro families come out of one builder:
 
 * HO-ResNet (000/001 §4.1): ``conv3x3(3->64)``, one stage of scheme blocks at
   64 channels and 32x32, ``BN-ReLU-GAP-FC``;
-* CIFAR pre-act ResNet / LM-ResNet (002): three stages of 16/32/64 channels,
-  the first block of stages 2-3 a stride-2 pre-act block with a 1x1 projection;
+* CIFAR pre-act ResNet / LM-ResNet (002): three stages of 16/32/64 channels;
+  the first block of stages 2-3 has a stride-2 first sub-net and adds the
+  subsampled, zero-padded shortcut of its input (no 1x1 projection);
 * RKCNN (004 §4.1.2): ``conv3x3(3->k1)``, periods joined by
   ``BN-ReLU-conv1x1-[attention]-avgpool2`` transitions, multiscale head.
+
+A stage's ``blocks`` counts blocks of its scheme. Where a stage changes width
+or resolution after a ``"resblock"`` transition, its first block does it and is
+still a block of the stage's scheme (see :mod:`models.blocks`): we follow the
+authors' HO-ResNet code, whose every block class opens a stage with its first
+sub-net strided and its stage inputs built on the zero-padded shortcut, rather
+than inserting an uncounted Euler block, so that a stage named "RK8 x1" runs one
+RK8 block and the sub-net count of the stage is its scheme's. For Euler this is
+the usual downsampling residual block; an LM stage opens with that Euler block,
+counted as its first block, as 002's code does.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition
-from .blocks import DownsampleBlock, LearnableStep, LMStage, PaperBlock, PreActSubnet, RKBlock, conv3x3
+from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition, init_rkcnn_weights
+from .blocks import (
+    Increment,
+    LearnableStep,
+    LMStage,
+    PaperBlock,
+    PreActSubnet,
+    RKBlock,
+    Shortcut,
+    conv3x3,
+)
 from .schemes import TABLEAUX
 from .spec import ArchSpec, SpecError, StageSpec
 
@@ -41,7 +62,7 @@ class Network(nn.Module):
         finals = []
         for stage in self.stages:
             # block by block, so that no frame keeps a stage's input alive
-            # while its later blocks run (inference memory, SPEC §4)
+            # while its later blocks run (inference memory)
             for block in stage:
                 y = block(y)
             if self._multiscale:
@@ -53,22 +74,36 @@ def _step(stage: StageSpec):
     return LearnableStep(stage.step.value) if stage.step.mode == "learnable" else stage.step.value
 
 
-def _rk_block(stage: StageSpec, width: int, depth: int, drop_prob: float = 0.0) -> nn.Module:
-    """One block of a tableau scheme; nested blocks (000 §3.5) use blocks of
-    depth ``d-1`` as their sub-networks, each with its own step."""
+def _rk_block(stage: StageSpec, c_in: int, c: int, depth: int, drop_prob: float = 0.0, stride: int = 1,
+              outer: bool = True) -> nn.Module:
+    """One block of a tableau scheme. A nested block (000 §3.5) of depth ``d``
+    uses as sub-networks the increments ``B(y) - y`` of blocks ``B`` of depth
+    ``d-1``, each with its own step. A block that changes shape (``stride``,
+    ``c_in != c``) strides its first sub-net (recursively, down to the first
+    leaf) and adds the :class:`Shortcut` of its input; inner blocks take the
+    outer block's shortcut."""
     s = TABLEAUX[stage.scheme].stages
     if depth == 0:
-        subnets = [PreActSubnet(width) for _ in range(s)]
+        subnets = [PreActSubnet(c_in, c, stride)] + [PreActSubnet(c) for _ in range(s - 1)]
     else:
-        subnets = [_rk_block(stage, width, depth - 1) for _ in range(s)]
+        subnets = ([Increment(_rk_block(stage, c_in, c, depth - 1, stride=stride, outer=False))]
+                   + [Increment(_rk_block(stage, c, c, depth - 1, outer=False)) for _ in range(s - 1)])
+    shortcut = Shortcut(c_in, c, stride) if outer and (stride != 1 or c_in != c) else None
     if stage.form == "paper":
-        return PaperBlock(stage.scheme, subnets, _step(stage), drop_prob)
-    return RKBlock(stage.scheme, subnets, _step(stage), drop_prob)
+        return PaperBlock(stage.scheme, subnets, _step(stage), drop_prob, shortcut)
+    return RKBlock(stage.scheme, subnets, _step(stage), drop_prob, shortcut)
+
+
+def _euler_block(c_in: int, c: int, stride: int, drop_prob: float = 0.0) -> RKBlock:
+    """A pre-activation Euler block ``s + F(x)``, opening a stage if the shape changes."""
+    shortcut = Shortcut(c_in, c, stride) if stride != 1 or c_in != c else None
+    return RKBlock("euler", [PreActSubnet(c_in, c, stride)], 1.0, drop_prob, shortcut)
 
 
 def _drop_probs(spec: ArchSpec) -> list[list[float]]:
     """Stochastic depth (002 §3): block ``l`` of ``L`` (counted over the whole
-    network) drops with probability ``(l/L)(1 - p_L)`` where its stage asks."""
+    network, a stage's opening block included) drops with probability
+    ``(l/L)(1 - p_L)`` where its stage asks."""
     counts = [1 if s.is_rkcnn else s.blocks for s in spec.stages]
     L = sum(counts)
     out, l = [], 0
@@ -81,45 +116,87 @@ def _drop_probs(spec: ArchSpec) -> list[list[float]]:
     return out
 
 
-def _transition(spec: ArchSpec, c_in: int, stage: StageSpec, needed: bool) -> nn.Module | None:
-    if not needed:
-        return None
-    stride = 2 if stage.downsample else 1
-    if spec.transition == "resblock":
-        return DownsampleBlock(c_in, stage.width, stride)
-    return RKCNNTransition(c_in, stage.width, attention=spec.transition == "conv-attention",
-                           downsample=stage.downsample)
-
-
 def _stage(spec: ArchSpec, stage: StageSpec, c_in: int, drop: list[float]) -> nn.Module:
     c = stage.width
-    trans = _transition(spec, c_in, stage, stage.downsample or c_in != c)
-    opens = isinstance(trans, DownsampleBlock)  # the pre-act block counts as the stage's first block
+    stride = 2 if stage.downsample else 1
+    trans = None
+    if spec.transition != "resblock" and (stride != 1 or c_in != c):
+        # RKCNN's transition (004 §4.1.2) is a layer of its own between periods
+        trans = RKCNNTransition(c_in, c, attention=spec.transition == "conv-attention",
+                                downsample=stage.downsample)
+        c_in, stride = c, 1
     if stage.is_rkcnn:
+        if stride != 1 or c_in != c:
+            # a "resblock" transition before a period: a pre-act Euler block, not
+            # counted (an RKCNN stage is one period of s stages, r steps)
+            trans = _euler_block(c_in, c, stride)
         period = RKCNNPeriod(c, c, stage.rk_stages, stage.rk_steps, variant=stage.scheme[-1])
         return nn.Sequential(*(m for m in (trans, period) if m is not None))
     if stage.scheme == "lm":
-        first = trans if opens else RKBlock("euler", [PreActSubnet(c)], 1.0, drop[0])
-        lm = LMStage(first, [PreActSubnet(c) for _ in range(stage.blocks - 1)], _step(stage), drop[1:])
-        return nn.Sequential(*(m for m in (None if opens else trans, lm) if m is not None))
-    blocks = [_rk_block(stage, c, stage.depth, p) for p in drop[1 if opens else 0:]]
+        # 002's code: the stage's first block is Euler (the downsampling block
+        # where the shape changes) and counts as the stage's first LM block
+        lm = LMStage(_euler_block(c_in, c, stride, drop[0]), [PreActSubnet(c) for _ in range(stage.blocks - 1)],
+                     _step(stage), drop[1:])
+        return nn.Sequential(*(m for m in (trans, lm) if m is not None))
+    blocks = [_rk_block(stage, c_in if i == 0 else c, c, stage.depth, p, stride if i == 0 else 1)
+              for i, p in enumerate(drop)]
     return nn.Sequential(*(m for m in (trans, *blocks) if m is not None))
 
 
-def _init_weights(module: nn.Module) -> None:
-    """He-normal convolutions (000 §4.1 cites He et al. 2015), BN at (1, 0)."""
+def family(spec: ArchSpec) -> str:
+    """The paper family a spec's network belongs to, which decides its
+    initialisation: ``"rkcnn"`` (RKCNN periods or RKCNN transitions, 004),
+    ``"ho-resnet"`` (scheme blocks at one resolution, 000/001 §4.1) or
+    ``"cifar-resnet"`` (scheme blocks over downsampling stages, 002)."""
+    if spec.transition != "resblock" or any(s.is_rkcnn for s in spec.stages):
+        return "rkcnn"
+    return "cifar-resnet" if any(s.downsample for s in spec.stages) else "ho-resnet"
+
+
+def _init_ho_resnet(module: nn.Module) -> None:
+    """The HO-ResNet authors' code: ``kaiming_normal_`` with its defaults (fan-in,
+    gain sqrt(2)) on every convolution *and* Linear weight; biases and BN as
+    PyTorch makes them (BN at (1, 0), Linear bias U(+-1/sqrt(fan_in)))."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+
+
+def _init_cifar_resnet(module: nn.Module) -> None:
+    """002's code (LM-ResNet): convolutions ``N(0, 2/n)`` with ``n = k*k*c_out``
+    (He, fan-out), BN at (1, 0), Linear layers as PyTorch makes them."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
+
+
+_INIT = {"ho-resnet": _init_ho_resnet, "cifar-resnet": _init_cifar_resnet, "rkcnn": init_rkcnn_weights}
 
 
 def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Network:
-    """Build the network a spec describes (SPEC §2). The same spec always gives
-    the same weights: construction runs under ``torch.manual_seed(spec.seed)``
-    with the global RNG state restored afterwards.
+    """Build the network a spec describes (000/001 §4.1, 002 §4, 004 §4.1.2).
+    The same spec always gives the same weights: construction runs under
+    ``torch.manual_seed(spec.seed)`` with the global RNG state restored afterwards.
+
+    Initialisation: each family keeps the one of its authors' code, since the
+    papers' results were obtained with it (:func:`family` says which applies):
+
+    * ``ho-resnet`` (000/001 cite He et al. 2015): the HO-ResNet code's
+      ``kaiming_normal_`` defaults, He fan-in on convolutions and on the FC;
+    * ``cifar-resnet`` (002 §4 cites He et al. 2015): 002's code, He fan-out
+      on convolutions, PyTorch's default FC; LM's ``k_n`` from ``U[-0.1, 0]``;
+    * ``rkcnn`` (004 §4.1.2): He fan-in convolutions, Xavier-uniform Linear
+      layers with zero bias (:func:`models._rkcnn.init_rkcnn_weights`).
+
+    The two He variants agree on every 3x3 conv between equal widths; they
+    differ on the stem, on convolutions that change width (a 600->120 1x1 conv
+    of an RKCNN gets std 0.058 fan-in, 0.129 fan-out) and on the FC.
 
     ``spec`` may be an :class:`ArchSpec` or its JSON; every stage needs a width
     (see :func:`search_space.solve_widths`). ``device="meta"`` builds without
@@ -141,7 +218,7 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
         head = MultiscaleHead(channels, spec.num_classes)
         net = Network(spec, stem, stages, head)
         if torch.device(device or "cpu").type != "meta":  # meta builds only count; init costs most of their time
-            _init_weights(net)
+            _INIT[family(spec)](net)
     return net
 
 
@@ -194,4 +271,4 @@ def stage_summaries(spec: ArchSpec) -> list[dict]:
     return out
 
 
-__all__ = ["Network", "build", "describe", "describe_stage", "stage_summaries", "SpecError"]
+__all__ = ["Network", "build", "describe", "describe_stage", "family", "stage_summaries", "SpecError"]

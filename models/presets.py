@@ -5,6 +5,10 @@ Every preset is a tiny registered function returning an :class:`ArchSpec`;
 names. Each preset records the parameter count its paper prints, so the
 tests hold every preset to its row.
 
+Every preset is a point of the search space, widths aside
+(``search_space.sampling.why_not_in_space``); a preset that is not must say why
+in its docstring and be listed in ``OUTSIDE_SPACE`` of ``tests/test_presets.py``.
+
 Parameter-count conventions (checked in ``tests/test_presets.py``):
 
 * HO-ResNet (000/001): every printed count matches the network's convolution

@@ -1,6 +1,6 @@
 """Explicit Runge-Kutta methods as data: Butcher tableaux.
 
-A stacking scheme of SPEC §1 is a tableau ``(c, A, b)``; one block engine
+A stacking scheme (000/001 §3) is a tableau ``(c, A, b)``; one block engine
 (:class:`models.blocks.RKBlock`) runs every tableau, so adding a scheme is
 adding a row to :data:`TABLEAUX`, never a new class.
 

@@ -1,5 +1,5 @@
 """The architecture spec: one frozen dataclass, saved in every trial, checkpoint
-and export, and rebuilt from there by ``models.build(spec)`` (SPEC §2).
+and export, and rebuilt from there by ``models.build(spec)``.
 
 Validation raises :class:`SpecError` whose message names the offending field
 (``stages[1].scheme``) and the allowed values.
@@ -17,7 +17,8 @@ PAPER_FORMS = ("midpoint", "rk4")            # schemes with a "paper" form (000/
 TRANSITIONS = ("resblock", "conv", "conv-attention")
 HEADS = ("gap-fc", "multiscale")
 STEP_MODES = ("fixed", "learnable")
-STEP_BOUNDS = (0.125, 4.0)                   # Verner's bound (000 §4.6)
+STEP_BOUNDS = (0.125, 4.0)                   # Verner's bound on a fixed step (000 §4.6, 001 §3.6); a learnable
+                                             # step starts inside it and may leave it (001 §3.6)
 MAX_LEAVES_PER_BLOCK = 256                   # nesting guard: s**(d+1) sub-nets in one block
 
 
@@ -39,16 +40,18 @@ def subnets_per_block(scheme: str, depth: int = 0) -> int:
 
 @dataclass(frozen=True)
 class StepSpec:
-    mode: str = "fixed"    # "fixed": h = value; "learnable": one scalar per block, init = value, kept in [0.125, 4]
+    mode: str = "fixed"    # "fixed": h = value; "learnable": h itself is one parameter per block, init = value, unbounded
     value: float = 1.0     # the step h (000 Table 4 tried 1, 1.2, 2, 2.5, 3)
 
 
 @dataclass(frozen=True)
 class StageSpec:
     scheme: str = "euler"       # a tableau name (models.schemes.TABLEAUX), "lm", or "rkcnn-e" / "rkcnn-i" / "rkcnn-r"
-    blocks: int = 1             # blocks in the stage; a block opening the stage with a "resblock" transition counts
+    blocks: int = 1             # blocks of the stage's scheme; after a "resblock" transition the first one carries
+                                # the stride / width change (its first sub-net strides, its shortcut zero-pads)
     form: str = "butcher"       # "butcher" (canonical tableau) or "paper" (midpoint/rk4 as in 000/001 eqs. 6-9)
-    depth: int = 0              # nesting depth d: each block uses blocks of depth d-1 as sub-nets, s**(d+1) leaves
+    depth: int = 0              # nesting depth d: a block's sub-nets are increments B(y) - y of blocks of depth d-1;
+                                # s**(d+1) leaves
     step: StepSpec = field(default_factory=StepSpec)
     width: int | None = None    # channels of the stage (RKCNN: growth rate k); None until the width solver sets it
     stochastic_depth: bool = False  # drop blocks with probability (l/L)(1 - p_L), 002 §3
@@ -66,7 +69,7 @@ class ArchSpec:
     stages: tuple[StageSpec, ...] = (StageSpec(),)
     name: str = "custom"          # preset name or a study's label
     stem_width: int | None = None  # channels of the stem conv3x3; None = the first stage's width
-    transition: str = "resblock"  # between stages: "resblock" (pre-act downsampling block, 002) or
+    transition: str = "resblock"  # between stages: "resblock" (the stage's first block changes shape, 002) or
                                   # "conv" / "conv-attention" (RKCNN BN-ReLU-conv1x1-avgpool2 [+ channel attention], 004)
     head: str = "gap-fc"          # "gap-fc" (BN-ReLU-GAP-FC) or "multiscale" (GAP of every stage, concat, FC; 004)
     survival_last: float = 0.5    # p_L of stochastic depth: survival probability of the last block (002 §3)
@@ -168,10 +171,9 @@ class ArchSpec:
             _one_of(f"{p}.step.mode", s.step.mode, STEP_MODES)
             lo, hi = STEP_BOUNDS
             v = s.step.value
-            ok = isinstance(v, (int, float)) and (lo < v < hi if s.step.mode == "learnable" else lo <= v <= hi)
-            if not ok:
-                where = "strictly inside" if s.step.mode == "learnable" else "in"
-                raise SpecError(f"{p}.step.value: must lie {where} [{lo}, {hi}], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                what = " (a learnable step's initial value)" if s.step.mode == "learnable" else ""
+                raise SpecError(f"{p}.step.value: must lie in [{lo}, {hi}]{what}, got {v!r}")
             if s.width is not None:
                 _int_in(f"{p}.width", s.width, 1, 4096)
             elif require_widths:

@@ -1,4 +1,4 @@
-"""Paper forms, LM stages, nesting, steps and stochastic depth (SPEC §1)."""
+"""Paper forms, LM stages, nesting, steps and stochastic depth (000/001 §3, 002 §2-3)."""
 import dataclasses
 
 import pytest
@@ -6,9 +6,16 @@ import torch
 from torch import nn
 
 import models
-from models.blocks import LearnableStep, LMStage, PaperBlock, PreActSubnet, RKBlock
-from models.measure import count_params
 from models import ArchSpec, StageSpec, StepSpec
+from models.blocks import (
+    LearnableStep,
+    LMStage,
+    PaperBlock,
+    PreActSubnet,
+    RKBlock,
+    Shortcut,
+)
+from models.measure import count_params
 
 
 class Affine(nn.Module):
@@ -41,6 +48,25 @@ def test_paper_rk4_by_hand():
     torch.testing.assert_close(PaperBlock("rk4", F)(x), expected)
     with pytest.raises(ValueError, match="form 'paper' exists for"):
         PaperBlock("euler", F[:1])
+
+
+def test_downsampling_rk4_by_hand():
+    """A block that opens a stage (the authors' HO-ResNet code): its first sub-net
+    takes x and carries the stride; every later stage input and the output add
+    the subsampled, zero-padded shortcut s of x where the scheme adds x."""
+    F = [nn.Sequential(Shortcut(2, 4, 2), Affine(0.5, 0.1)),   # a sub-net that changes shape
+         Affine(-0.3, 0.2), Affine(0.8, -0.4), Affine(0.1, 0.9)]
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    h = 0.5
+    s = torch.cat([x[:, :, ::2, ::2], torch.zeros(1, 2, 2, 2, dtype=torch.float64)], 1)
+    k1 = F[0](x)
+    k2 = F[1](s + h / 2 * k1)
+    k3 = F[2](s + h / 2 * k2)
+    k4 = F[3](s + h * k3)
+    expected = s + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+    torch.testing.assert_close(RKBlock("rk4", F, step=h, shortcut=Shortcut(2, 4, 2))(x), expected)
+    m = F[0](x) + s                                              # paper midpoint: m = F1(x) + x, out = F2(m/2) + x
+    torch.testing.assert_close(PaperBlock("midpoint", F[:2], shortcut=Shortcut(2, 4, 2))(x), F[1](m / 2) + s)
 
 
 def test_lm_stage_recursion_by_hand():
@@ -76,20 +102,36 @@ def test_nesting_keeps_leaves_and_params():
     assert not torch.allclose(outs[0], outs[1])  # same weights budget, different wiring
 
 
-def test_learnable_step_bounds_and_one_parameter_per_block():
+def test_learnable_step_is_h_itself_and_one_parameter_per_block():
+    """001 §3.6: the adaptive step "did not follow the constraint" [0.125, 4]."""
     step = LearnableStep(1.0)
-    assert step().item() == pytest.approx(1.0)
+    (h,) = step.parameters()
+    assert h.dim() == 0 and h.item() == 1.0 and step() is h
+    block = RKBlock("euler", [Affine(1.0, 0.0)], step=step)
     with torch.no_grad():
-        step.raw.fill_(1e3)
-    assert step().item() == pytest.approx(4.0)
-    with torch.no_grad():
-        step.raw.fill_(-1e3)
-    assert step().item() == pytest.approx(0.125)
-    with pytest.raises(ValueError, match="strictly inside"):
-        LearnableStep(4.0)
+        h.fill_(10.0)                   # outside [0.125, 4]: not squashed back
+    x = torch.ones(3)
+    torch.testing.assert_close(block(x), x + 10.0 * x)
     fixed = ArchSpec(stages=(StageSpec("verner8", blocks=2, width=8),))
-    adaptive = dataclasses.replace(fixed, stages=(dataclasses.replace(fixed.stages[0], step=StepSpec("learnable", 1.0)),))
-    assert count_params(models.build(adaptive)) == count_params(models.build(fixed)) + 2
+    adaptive = dataclasses.replace(fixed, stages=(dataclasses.replace(fixed.stages[0], step=StepSpec("learnable", 2.0)),))
+    net = models.build(adaptive)
+    assert count_params(net) == count_params(models.build(fixed)) + 2
+    assert [p.item() for n, p in net.named_parameters() if p.dim() == 0] == [2.0, 2.0]  # init at the spec's value
+
+
+def test_weight_decay_alone_moves_h_toward_zero():
+    """000 §4.6 saw a learnable factor decay toward 0 under weight decay: with no
+    loss gradient, SGD's decay must shrink h itself, step after step."""
+    block = RKBlock("midpoint", [Affine(0.5, 0.0), Affine(0.5, 0.0)], step=LearnableStep(1.0))
+    opt = torch.optim.SGD(block.parameters(), lr=0.1, weight_decay=0.1)
+    hs = [block.h().item()]
+    for _ in range(50):
+        opt.zero_grad()
+        (0.0 * block(torch.ones(2)).sum()).backward()   # zero loss gradient: only the decay acts
+        opt.step()
+        hs.append(block.h().item())
+    assert all(b < a for a, b in zip(hs, hs[1:]))
+    assert hs[-1] == pytest.approx(0.99 ** 50)       # h <- h (1 - lr * wd): decay acts on h, not a reparametrisation
 
 
 def test_fixed_step_out_of_bounds():
@@ -117,7 +159,8 @@ def test_stochastic_depth_linear_decay():
     firsts = [m.first.drop_prob for st in net.stages for m in st
               if isinstance(m, LMStage) and isinstance(m.first, RKBlock)]
     L = 27
-    assert firsts == [pytest.approx(1 / L * 0.2)]
+    # every stage's opening Euler block counts, the downsampling ones too (002's code drops them)
+    assert firsts == [pytest.approx(l / L * 0.2) for l in (1, 10, 19)]
     assert probs[-1] == pytest.approx(0.2)  # last block: 1 - p_L with p_L = 0.8
 
 

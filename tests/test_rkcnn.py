@@ -8,14 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from models._rkcnn import (
-    PAPER_PARAM_ROWS,
-    MultiscaleHead,
-    RKCNNPeriod,
-    RKCNNStep,
-    RKCNNTransition,
-    rkcnn_network,
-)
+import models
+from models import ArchSpec, StageSpec
+from models._rkcnn import PAPER_PARAM_ROWS, MultiscaleHead, RKCNNPeriod, RKCNNStep, RKCNNTransition
 
 
 def n_params(module: nn.Module) -> int:
@@ -33,10 +28,12 @@ def printed(count: int, text: str, unit: float) -> bool:
 @pytest.mark.parametrize("row", PAPER_PARAM_ROWS, ids=[r["name"] for r in PAPER_PARAM_ROWS])
 @pytest.mark.parametrize("dataset,classes", [("cifar10", 10), ("cifar100", 100)])
 def test_paper_parameter_counts(row, dataset, classes):
-    with torch.device("meta"):
-        net = rkcnn_network(row["growth"], row["stages"], 1, row["variant"], attention=True,
-                            num_classes=classes)
-    count = n_params(net)
+    """004's CIFAR network as a spec (attentional transitions, multiscale head), built by models.build."""
+    periods = tuple(StageSpec(scheme=f"rkcnn-{row['variant']}", width=k, rk_stages=s, downsample=i > 0)
+                    for i, (k, s) in enumerate(zip(row["growth"], row["stages"])))
+    spec = ArchSpec(stages=periods, stem_width=row["growth"][0], transition="conv-attention", head="multiscale",
+                    num_classes=classes)
+    count = n_params(models.build(spec, device="meta"))
     assert printed(count, row[dataset], 1e6), (row["name"], dataset, count, row[dataset])
 
 
@@ -155,7 +152,9 @@ def test_i_uses_updated_increments_r_does_not():
 def test_forward_backward_small_network():
     torch.manual_seed(0)
     for v in "eir":
-        net = rkcnn_network([8, 12, 16], [2, 3, 2], [1, 2, 1], v, attention=True, num_classes=10)
+        periods = tuple(StageSpec(scheme=f"rkcnn-{v}", width=k, rk_stages=s, rk_steps=r, downsample=i > 0)
+                        for i, (k, s, r) in enumerate(zip((8, 12, 16), (2, 3, 2), (1, 2, 1))))
+        net = models.build(ArchSpec(stages=periods, stem_width=8, transition="conv-attention", head="multiscale"))
         net.train()
         out = net(torch.randn(2, 3, 32, 32))
         assert out.shape == (2, 10)

@@ -1,4 +1,4 @@
-"""Each tableau block is one step of its Runge-Kutta method (SPEC §1).
+"""Each tableau block is one step of its Runge-Kutta method (000/001 §3).
 
 With every sub-net replaced by one smooth function ``h f`` the block computes
 ``y + h * sum b_i k_i``; integrating a test ODE at halving steps must show the
