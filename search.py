@@ -21,8 +21,10 @@ import argparse
 import dataclasses
 import inspect
 import json
-import math
+import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +53,7 @@ def _flags_from_options(parser: argparse.ArgumentParser, cls=RunOptions) -> None
         meta = dict(f.metadata)
         if not meta.pop("cli", True):
             continue
+        meta.pop("internal", None)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
         required = meta.pop("required", False)
         default = None if f.default is dataclasses.MISSING else f.default
@@ -83,9 +86,8 @@ def _given(args, *names: str) -> dict:
 def cmd_run(args) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "study", "trials")}
     counts = studies.run(args.study, args.trials, **options)
-    states = ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if counts.get(s))
-    print(f"study {args.study!r}: {counts['finished']}/{counts['total']} trials finished ({states or 'none'}); "
-          f"Pareto set: {counts['pareto']} trial(s)")
+    for line in studies.summary_lines(counts["summary"]):
+        print(line)
     _where(args.study, getattr(args, "storage", None), counts["storage"], counts["results"])
 
 
@@ -99,64 +101,149 @@ def _where(name: str, storage: str | None, url: str, results: str | None = None)
           f"         python search.py dashboard --study {name}{flag}")
 
 
-_SHOW = ["state", "val_accuracy", "memory", "params", "macs", "architecture", "proxy_epochs",
-         "retrain_test_accuracy", "preset", "fail_reason"]
+# the terminal table: (column of studies.trials_table, header, right-aligned, cell text); the page's units
+_SHOW = [
+    ("state", "state", False, lambda v: str(v).lower()),
+    ("val_accuracy", "val acc %", True, lambda v: f"{100 * v:.2f}"),
+    ("proxy_epochs", "epochs", True, lambda v: str(int(v))),
+    ("retrain_test_accuracy", "test acc %", True, lambda v: f"{100 * v:.2f}"),
+    ("memory", "MiB/image", True, lambda v: f"{v / 2 ** 20:.3f}"),
+    ("params", "params", True, lambda v: f"{int(v):,}"),
+    ("macs", "MMACs", True, lambda v: f"{v / 1e6:,.1f}"),
+    ("pareto", "front", False, lambda v: "*" if v else ""),
+    ("preset", "preset", False, str),
+    ("architecture", "architecture", False, str),
+    ("fail_reason", "note", False, lambda v: str(v).strip().splitlines()[0] if str(v).strip() else ""),
+]
+_DROP_FIRST = ["macs", "params", "preset", "pareto", "proxy_epochs", "fail_reason"]   # when the terminal is narrow
+_FREE = {"architecture": 28, "fail_reason": 16}   # free-text columns: characters each keeps before a column is dropped
+_LEGEND = {"val_accuracy": "val acc %: proxy validation accuracy at the highest rung the trial reached",
+           "proxy_epochs": "epochs: that rung's epochs",
+           "retrain_test_accuracy": "test acc %: after the full retrain",
+           "memory": "MiB/image: {memory} memory, peak live tensors per image",
+           "pareto": "front *: on the Pareto front",
+           "duplicate": "dup of N: the same network as trial N, not trained again (counted once)"}
 
 
-def _display(df: pd.DataFrame) -> pd.DataFrame:
-    """The table's main columns as short strings, for the terminal."""
-    def num(fmt):
-        return lambda v: "" if pd.isna(v) else fmt(v)
+def _wrap(text: str, width: int, sep: str = " ") -> list[str]:
+    """``text`` in lines of at most ``width``, broken at ``sep`` (an architecture: between its
+    stages, the `` |`` kept at the line's end), then at spaces."""
+    if len(text) <= width:
+        return [text]
+    if sep == " ":
+        return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    parts, tail = text.split(sep), sep.rstrip()          # a line that is not the last ends with the tail
+    lines, cur = [], parts[0]
+    for i, part in enumerate(parts[1:], 2):
+        if len(cur + sep + part) + (0 if i == len(parts) else len(tail)) <= width:
+            cur += sep + part
+        else:
+            lines.append(cur + tail)
+            cur = part
+    lines.append(cur)
+    return [x for line in lines for x in (textwrap.wrap(line, width, break_on_hyphens=False)
+                                          if len(line) > width else [line])]
 
-    out = df[_SHOW].copy()
-    out["val_accuracy"] = out["val_accuracy"].map(num(lambda v: f"{v:.4f}"))
-    out["retrain_test_accuracy"] = out["retrain_test_accuracy"].map(num(lambda v: f"{v:.4f}"))
-    out["memory"] = out["memory"].map(num(lambda b: f"{b / 1024:,.1f} KiB"))
-    out["params"] = out["params"].map(num(lambda v: f"{int(v):,}"))
-    out["macs"] = out["macs"].map(num(lambda v: f"{v / 1e6:,.1f}M"))
-    out["proxy_epochs"] = out["proxy_epochs"].map(num(lambda v: str(int(v))))
-    for c in ("architecture", "preset", "fail_reason"):
-        out[c] = out[c].map(lambda r: "" if not isinstance(r, str) else (r[:57] + "...") if len(r) > 60 else r)
-    return out.rename(columns={"val_accuracy": "val_acc", "retrain_test_accuracy": "test_acc",
-                               "proxy_epochs": "epochs"})
+
+def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
+    """(lines of at most ``width`` characters, the columns shown): always-empty columns dropped,
+    free text wrapped inside its column (an architecture between stages), a trial without an
+    architecture (pruned) given its note there, the least useful columns dropped while the rest
+    cannot fit. A duplicate shows ``dup of N`` and no copied numbers: it is trial N's network."""
+    if not len(df):
+        return ["(no trials)"], []
+    cols: dict[str, list[str]] = {}
+    for key, _, _, fmt in _SHOW:
+        cols[key] = []
+        for _, row in df.iterrows():
+            v, twin = row.get(key), row.get("duplicate_of")
+            if not pd.isna(twin):
+                cols[key].append(f"dup of {int(twin)}" if key == "state" else
+                                 v if key == "architecture" and isinstance(v, str) else "")
+                continue
+            missing = v is None or v is False or (not isinstance(v, str) and pd.isna(v))
+            cols[key].append("" if missing else fmt(v))
+    head = {k: h for k, h, _, _ in _SHOW}
+    prose = [not a and bool(n) for a, n in zip(cols["architecture"], cols["fail_reason"])]
+    if any(prose):     # no architecture (pruned before one was built): the note takes its place
+        head["architecture"] = "architecture or note"
+        cols["architecture"] = [n if p else a for a, n, p in zip(cols["architecture"], cols["fail_reason"], prose)]
+        cols["fail_reason"] = ["" if p else n for n, p in zip(cols["fail_reason"], prose)]
+    keys = [k for k, *_ in _SHOW if any(cols[k]) and not (k == "pareto" and all(cols[k]))]   # --pareto: all *
+    right = {k: r for k, _, r, _ in _SHOW}
+    number = [str(n) for n in df.index]
+    nw = max(1, *(len(x) for x in number))
+
+    def natural(k):
+        return max(len(head[k]), *(len(c) for c in cols[k]))
+
+    while True:
+        free = [k for k in _FREE if k in keys]
+        widths = {k: natural(k) for k in keys}
+        room = width - nw - sum(widths[k] + 2 for k in keys if k not in free) - 2 * len(free)
+        if len(free) == 2 and sum(widths[k] for k in free) > room:
+            arch = max(_FREE["architecture"], min(widths["architecture"], room - _FREE["fail_reason"]))
+            widths["architecture"], widths["fail_reason"] = arch, room - arch
+        elif free and sum(widths[k] for k in free) > room:
+            widths[free[0]] = room
+        droppable = [k for k in _DROP_FIRST if k in keys]
+        if all(widths[k] >= min(_FREE[k], natural(k)) for k in free) or not droppable:
+            break
+        keys.remove(droppable[0])
+    widths = {k: max(1, w) for k, w in widths.items()}
+
+    def render(first, cells):
+        parts = [first.rjust(nw)] + [c.rjust(widths[k]) if right[k] else c.ljust(widths[k]) for k, c in cells]
+        return "  ".join(parts).rstrip()[:width]
+
+    lines = [render("#", [(k, head[k][:widths[k]]) for k in keys])]
+    for i, n in enumerate(number):
+        cells = {k: _wrap(cols[k][i], widths[k], " | " if k == "architecture" and not prose[i] else " ")
+                 for k in keys}
+        for j in range(max(len(v) for v in cells.values())):
+            lines.append(render(n if j == 0 else "", [(k, cells[k][j] if j < len(cells[k]) else "") for k in keys]))
+    return lines, keys + (["duplicate"] if df["duplicate_of"].notna().any() else [])
 
 
-def _print_table(df: pd.DataFrame) -> None:
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
-                           "display.max_colwidth", 70):
-        print(_display(df).to_string() if len(df) else "(no trials)")
+def _print_table(df: pd.DataFrame, memory: str, notes: list[str] = ()) -> None:
+    """The table, what its columns mean and ``notes``, fitted to the terminal (``COLUMNS`` or its width)."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    lines, keys = _display(df, width)
+    print("\n".join(lines))
+    legend = "; ".join(_LEGEND[k].format(memory=memory) for k in keys if k in _LEGEND)
+    for text in ([legend] if legend else []) + list(notes):
+        print(textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False))
 
 
 def cmd_show(args) -> None:
-    """The trials table (or the Pareto set) and a one-line summary; ``--csv`` writes all columns."""
+    """The trials table (or the Pareto set) and the study's summary (counts, front, hypervolume and
+    Kendall's tau over distinct networks, :func:`studies.results.summary`); ``--csv`` writes all columns."""
     study = studies.open_study(args.study, args.storage)
-    table = studies.trials_table(study)
+    merged = studies.trials_with_results(study)
+    table = studies.trials_table(study, merged)
     df = table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False) if args.pareto else table
     if args.csv:
         df.to_csv(args.csv)
-    _print_table(df)
-    c = studies.lineage_counts(study.get_trials(deepcopy=False))
-    states = ", ".join(f"{c[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING") if c.get(s))
-    done = table[(table["state"] == "COMPLETE") & table["val_accuracy"].notna() & table["memory"].notna()]
-    hv = studies.hypervolume(done["val_accuracy"], done["memory"], normalize=True) if len(done) else 0.0
-    print(f"study {args.study!r}: {c['total']} trials ({states or 'none'}); Pareto set "
-          f"{int(table['pareto'].astype(bool).sum())} (accuracy vs {study.user_attrs.get('memory', 'inference')} "
-          f"memory), hypervolume {hv:.4f}; storage {studies.redact_url(studies.resolve_url(args.study, args.storage))}")
+    stats = studies.results.summary(study, table, merged)
+    _print_table(df, stats["memory"], studies.results.summary_lines(stats))
+    print(f"storage: {studies.redact_url(studies.resolve_url(args.study, args.storage))}")
     if args.csv:
         print(f"table written to {args.csv}")
 
 
 def cmd_retrain(args) -> None:
+    """Retrain, then the retrained networks (a duplicate folded into its twin) and the summary
+    ``show`` prints, Kendall's tau over distinct networks included."""
     kw = _given(args, "protocol", "epochs", "data", "synthetic", "device", "progress")
     studies.retrain(args.study, args.storage, **kw)
-    df = studies.trials_table(studies.open_study(args.study, args.storage))
-    done = df[df["retrain_test_accuracy"].notna()]
+    study = studies.open_study(args.study, args.storage)
+    merged = studies.trials_with_results(study)
+    table = studies.trials_table(study, merged)
+    stats = studies.results.summary(study, table, merged)
+    done = studies.results.distinct(table)
+    done = done[done["retrain_test_accuracy"].notna()]
     if len(done):
-        _print_table(done)
-        nets = done[done["duplicate_of"].isna()]          # a duplicate is its twin's network
-        tau = studies.kendall_tau(nets["val_accuracy"], nets["retrain_test_accuracy"])
-        print(f"Kendall's tau (proxy vs retrained accuracy, {len(nets)} networks): "
-              + ("n/a" if math.isnan(tau) else f"{tau:+.3f}"))
+        _print_table(done, stats["memory"], studies.results.summary_lines(stats))
     print(f"weights under {studies.data_home() / 'runs' / args.study}")
     _where(args.study, args.storage, studies.resolve_url(args.study, args.storage))
 
@@ -167,8 +254,8 @@ def cmd_dashboard(args) -> None:
         print(summary["message"])
     else:
         tau = summary["kendall_tau"]
-        print(f"{summary['complete']} completed trials, {summary['pareto']} on the Pareto front, "
-              f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:.3f})" if tau is not None else ""))
+        print(f"{summary['complete']} networks scored, {summary['pareto']} on the Pareto front, "
+              f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:+.3f})" if tau is not None else ""))
     out = Path(summary["path"])
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, self-contained)")
     if args.open:
@@ -183,16 +270,27 @@ def cmd_export(args) -> None:
           f"{', '.join(Path(f).name for f in summary['files'])}")
 
 
+MAX_SPEC_BYTES = 1 << 20     # a spec file is a few kB; a bigger file is not one
+
+
 def _load_spec(name_or_file: str) -> ArchSpec:
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise UserError(f"spec file {name_or_file!r} does not exist")
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise UserError(f"spec file {name_or_file!r} is {path.stat().st_size:,} bytes; a spec is at most "
+                            f"{MAX_SPEC_BYTES:,}")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"spec file {name_or_file!r} is not text (a spec is UTF-8 JSON)") from None
         except OSError as e:
             raise UserError(f"cannot read spec file {name_or_file!r}: {e.strerror}") from None
-        return ArchSpec.from_json(text).validate(require_widths=True)
+        try:
+            return ArchSpec.from_json(text).validate(require_widths=True)
+        except SpecError as e:
+            raise SpecError(f"{e} (in {name_or_file})") from None
     return presets.get(name_or_file)
 
 
@@ -223,34 +321,61 @@ def cmd_presets(args) -> None:
 # the parser
 # --------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other refusal of the program."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="search.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="create or resume a study and run trials")
     _flags_from_options(r)
     r.set_defaults(func=cmd_run)
 
-    t = sub.add_parser("retrain", help="fully retrain the Pareto set")
+    t = sub.add_parser("retrain", help="fully retrain the Pareto front and the papers' presets",
+                       description="Train every network on the Pareto front (each trial at the highest proxy rung "
+                                   "it reached, the front `show` prints) and every enqueued paper preset under a "
+                                   "protocol, on all training images, and score it on the test split. Each network "
+                                   "is claimed once, so several processes may share the work; a killed retrain "
+                                   "resumes from its checkpoint.")
     _study_flags(t)
     protocols = [k for k in trainers.PROTOCOLS if k != "proxy"]
     t.add_argument("--protocol", choices=protocols, default=argparse.SUPPRESS,
-                   help=f"training protocol (default: {_signature_default(studies.retrain, 'protocol')})")
-    t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="override the protocol's epochs")
+                   help="training recipe: " + ", ".join(f"{k} ({trainers.protocol_hparams(k)['epochs']} epochs)"
+                                                        for k in protocols)
+                        + f" (default: {_signature_default(studies.retrain, 'protocol')})")
+    t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="train N epochs instead of the protocol's, e.g. a quick check; the result is stored "
+                        "apart, labelled PROTOCOL-Nep")
     t.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
-                   help="where CIFAR-10 is on this machine (default: the folder the study searched with)")
+                   help="folder holding cifar-10-batches-py on this machine (default: the folder stored in the "
+                        "study when it was searched); refused for a study searched on synthetic data")
     t.add_argument("--synthetic", action="store_true", default=argparse.SUPPRESS,
-                   help="the study searched on synthetic data (its own settings decide; this only checks)")
-    t.add_argument("--device", default=argparse.SUPPRESS, help="cuda or cpu (default: cuda if available)")
+                   help="a check, not a choice: the study's stored settings decide the data; this refuses to go "
+                        "on unless the study was searched on synthetic data (which it then retrains on)")
+    t.add_argument("--device", default=argparse.SUPPRESS,
+                   help="device to train on: cuda, cuda:N or cpu (default: cuda when available, else cpu)")
     t.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                    help="no progress bars")
     t.set_defaults(func=cmd_retrain)
 
-    s = sub.add_parser("show", help="table of trials (pandas)")
+    s = sub.add_parser("show", help="table of trials and the study's summary, fitted to the terminal",
+                       description="Every trial (or the Pareto front) with its accuracy in percent at the highest "
+                                   "proxy rung it reached, memory in MiB per image, and its architecture; then "
+                                   "the counts, front, hypervolume and Kendall's tau over distinct networks (a "
+                                   "trial that repeated an earlier network is marked, not counted). The table "
+                                   "fits COLUMNS or the terminal's width; --csv keeps every column.")
     _study_flags(s)
-    s.add_argument("--pareto", action="store_true", help="only the Pareto set")
-    s.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    s.add_argument("--pareto", action="store_true", help="only the Pareto front, most accurate first")
+    s.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the table, every column, to this CSV file (accuracies as fractions, "
+                        "memory in bytes per image)")
     s.set_defaults(func=cmd_show)
 
     d = sub.add_parser("dashboard", help="self-contained HTML dashboard of a study")
@@ -259,11 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--open", action="store_true", help="open it in a browser")
     d.set_defaults(func=cmd_dashboard)
 
-    e = sub.add_parser("export", help="export a trial as spec, weights, torch.export program and card")
+    e = sub.add_parser("export", help="export a trial as spec, weights, torch.export program and card",
+                       description="Write a retrained network as spec.json, weights.pt, a torch.export program "
+                                   "(model.pt2, normalisation inside), preprocess.json and a model card.")
     _study_flags(e)
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--trial", type=int, default=None, help="trial number")
-    g.add_argument("--best", action="store_true", help=f"the default: {BEST_RULE}")
+    g.add_argument("--trial", type=int, default=None, metavar="N",
+                   help="export trial N (a completed trial with retrained weights: `search.py retrain` makes them)")
+    g.add_argument("--best", action="store_true", help=f"the default; best by validation accuracy: {BEST_RULE}")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     e.add_argument("--device", default=None, help="device the program is exported on (default: cpu)")
@@ -279,13 +407,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        verb = "read" if isinstance(e, FileNotFoundError) else "write"
+        return f"cannot {verb} {e.filename}: {e.strerror}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:           # --help, or a refusal already printed on one line
+        return int(e.code or 0)
     try:
         args.func(args)
-    except (UserError, SpecError, ValueError, FileNotFoundError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `search.py presets | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (UserError, SpecError, ValueError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

@@ -16,8 +16,9 @@ Files, each one job: ``config`` (options and stored settings, the one home of
 their defaults), ``storage`` (data home, URLs, the storage opened once,
 claims), ``objective`` (one trial), ``worker`` (taking trials, the worker
 loop, worker processes), ``promotion`` (multi-fidelity), ``launch`` (``run``),
-``retrain``, ``results`` (merged records, tables, statistics), ``dashboard``,
-``export``.
+``retrain``, ``results`` (merged records, tables, the one summary every command
+prints), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table``
+(its table), ``export``.
 
 May import: ``models``, ``search_space``, ``trainers``, optuna, pandas, plotly.
 Study databases and results live in the data home (``./studies-data`` or
@@ -32,32 +33,34 @@ from .config import RunOptions, StudySettings
 from .dashboard import dashboard
 from .export import export
 from .launch import run
-from .results import (crowding_distance, fidelity_results, hypervolume, kendall_tau, lineage_counts, memory_key,
-                      nondominated_ranks, pareto_mask, pareto_numbers, pareto_set, rank_for_promotion,
-                      retrain_results, spec_of, trials_table, trials_with_results)
+from .results import (crowding_distance, distinct, fidelity_results, hypervolume, kendall_tau, lineage_counts,
+                      memory_key, nondominated_ranks, pareto_mask, pareto_numbers, pareto_set, rank_for_promotion,
+                      retrain_results, spec_of, summary, summary_lines, trials_table, trials_with_results)
 from .retrain import retrain
-from .storage import StorageError, data_home, default_url, open_existing, redact_url, resolve_url
+from .storage import StorageError, data_home, default_url, open_existing, redact_url, resolve_url, storage_errors
 from .worker import quiet_optuna
 
 __all__ = ["RunOptions", "StorageError", "StudySettings", "crowding_distance", "dashboard", "data_home",
-           "default_url", "export", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts",
+           "default_url", "distinct", "export", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts",
            "memory_key", "nondominated_ranks", "open_study", "pareto_mask", "pareto_numbers", "pareto_set",
            "rank_for_promotion", "redact_url", "resolve_url", "retrain", "retrain_results", "run", "show",
-           "spec_of", "trials_table", "trials_with_results"]
+           "spec_of", "summary", "summary_lines", "trials_table", "trials_with_results"]
 
 
 def open_study(name: str, storage: str | None = None) -> optuna.Study:
     """Load an existing study (never creates one); an unknown name is a one-line
     ValueError listing the studies in that storage."""
     quiet_optuna()
-    return open_existing(name, storage).study()
+    with storage_errors(resolve_url(name, storage)):
+        return open_existing(name, storage).study()
 
 
 def show(study: str, storage: str | None = None, *, pareto: bool = False) -> pd.DataFrame:
     """The trials table of ``study`` (every column; :func:`studies.results.trials_table`),
     or with ``pareto`` its Pareto set, most accurate first."""
     st = open_study(study, storage)
-    table = trials_table(st)
+    with storage_errors(resolve_url(study, storage)):
+        table = trials_table(st)
     if pareto:
         return table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
     return table

@@ -18,8 +18,8 @@ from search_space import count_params
 
 from .config import RunOptions, StudySettings, check_resume
 from .objective import load_data, worker_name
-from .results import lineage_counts, pareto_set, write_results
-from .storage import Store, open_store, redact_url
+from .results import lineage_counts, summary, write_results
+from .storage import Store, open_store, redact_url, resolve_url, storage_errors
 from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
@@ -95,8 +95,9 @@ def _names(store: Store) -> list[str]:
 
 def run(study: str, trials: int, *, say=print, **options) -> dict:
     """Create or resume ``study`` and run it until it holds ``trials`` finished trial
-    lineages and every due promotion is done; returns the counts, the Pareto-set size,
-    the storage URL and the results folder.
+    lineages and every due promotion is done; returns the lineage counts, ``summary``
+    (:func:`studies.results.summary`: networks, front, hypervolume, tau), the storage URL
+    and the results folder.
 
     ``options`` are the fields of :class:`studies.config.RunOptions` (``budget``,
     ``tolerance``, ``synthetic``, ``device``, ``workers``, ...), with the same
@@ -104,9 +105,14 @@ def run(study: str, trials: int, *, say=print, **options) -> dict:
     """
     quiet_optuna()
     opts = RunOptions.from_user(study=study, trials=trials, **options).check()
-    device = _check_device(opts.device or default_device())
+    with storage_errors(resolve_url(opts.study, opts.storage)):
+        return _run(opts, say)
+
+
+def _run(opts: RunOptions, say) -> dict:
     store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
     try:
+        device = _check_device(opts.device or default_device())
         existing = store.study() if opts.study in _names(store) else None
         stored = StudySettings.load(existing) if existing is not None else None
         data = stored.data if stored else None
@@ -136,7 +142,7 @@ def run(study: str, trials: int, *, say=print, **options) -> dict:
             bar.close()
         study_obj = store.study()
         counts = lineage_counts(study_obj.get_trials(deepcopy=False))
-        counts.update(results=str(write_results(study_obj)), pareto=len(pareto_set(study_obj)), storage=store.url)
+        counts.update(results=str(write_results(study_obj)), storage=store.url, summary=summary(study_obj))
         return counts
     finally:
         store.close()

@@ -1,5 +1,6 @@
 """Reading a study: merged trial records, the pandas table, Pareto set, Kendall's tau,
-hypervolume, trial counts, and the results files a run or a retrain leaves behind.
+hypervolume, trial counts, the one summary every command prints, and the results files a
+run or a retrain leaves behind.
 
 Optuna refuses to change a finished trial, so what happens to a trial
 *after* it finished - promotion to a longer proxy (multi-fidelity) and the
@@ -8,6 +9,18 @@ full retrain - is stored in the study's user attributes, one key per result
 :func:`trials_with_results` folds those back into copies of the trials, so
 every reader (``show``, ``retrain``, the dashboard, export) sees one record
 per trial with its longest-fidelity accuracy and its retrained accuracy.
+
+**The front.** Each trial counts at the highest rung (fidelity) it reached:
+asynchronous successive halving's own convention, so a promoted trial's
+longer proxy replaces its first-rung score. Optuna stores only the first
+rung's accuracy (a finished trial cannot change), so Optuna's own dashboard
+ranks on that and can show another Pareto set.
+
+**One network, one point.** A trial that repeated an earlier network
+(``duplicate_of``) copied its twin's results; it is not a second measurement.
+:func:`distinct` drops such rows, and :func:`summary` - the counts, front,
+hypervolume and Kendall's tau that ``show``, ``retrain``, ``summary.json`` and
+the dashboard print - is computed over distinct networks only.
 """
 from __future__ import annotations
 
@@ -26,9 +39,10 @@ from models import ArchSpec
 
 from .storage import data_home
 
-__all__ = ["crowding_distance", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts", "memory_key",
-           "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "rank_for_promotion",
-           "results_dir", "retrain_results", "spec_of", "trials_table", "trials_with_results", "write_results"]
+__all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "hypervolume",
+           "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key", "nondominated_ranks", "pareto_mask",
+           "pareto_numbers", "pareto_set", "rank_for_promotion", "results_dir", "retrain_results", "scored", "spec_of",
+           "summary", "summary_lines", "trials_table", "trials_with_results", "write_results"]
 
 FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
 RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
@@ -273,9 +287,14 @@ def trials_table(study, merged=None) -> pd.DataFrame:
     rows = []
     for t in merged:
         a = t.user_attrs
+        acc, mem = _finite(a.get("val_accuracy")), _finite(a.get(mkey))
+        if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2:
+            # a study made by other means (no user attrs) still has its two objective values
+            acc = _finite(t.values[0]) if acc is None else acc
+            mem = _finite(t.values[1]) if mem is None else mem
         row = {
             "number": t.number, "state": t.state.name, "status": a.get("status"),
-            "val_accuracy": _finite(a.get("val_accuracy")), "memory": _finite(a.get(mkey)),
+            "val_accuracy": acc, "memory": mem,
             "params": a.get("params"), "macs": a.get("macs"), "architecture": a.get("architecture"),
             "proxy_epochs": a.get("proxy_epochs"), "retrain_test_accuracy": _finite(a.get("retrain_test_accuracy")),
             "preset": a.get("preset"), "fail_reason": a.get("fail_reason"),
@@ -295,7 +314,7 @@ def trials_table(study, merged=None) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        df = pd.DataFrame(columns=_COLUMNS + ["pareto", "rank"])
+        df = pd.DataFrame(columns=_COLUMNS + ["pareto", "rank", "duplicate_of"])
         return df.set_index("number")
     for c in ("params", "macs", "proxy_epochs", "inference_bytes_per_image", "training_bytes_per_image",
               "cuda_peak_bytes", "retried_from", "duplicate_of"):
@@ -358,29 +377,135 @@ def lineage_counts(trials) -> dict:
     return {"total": sum(by.values()), "finished": finished, "retried": len(gone), **by}
 
 
+# --------------------------------------------------------------------------
+# distinct networks: the one summary every command prints
+# --------------------------------------------------------------------------
+
+def distinct(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`trials_table` that are networks of their own: a trial that
+    repeated an earlier network (``duplicate_of``) copied its twin's results and is
+    folded into it, so one network is one point."""
+    return table[table["duplicate_of"].isna()]
+
+
+def scored(table: pd.DataFrame) -> pd.DataFrame:
+    """Distinct COMPLETE networks with an accuracy (at the highest rung each reached)
+    and a memory: the points of the front, the hypervolume and the plots."""
+    nets = distinct(table)
+    return nets[(nets["state"] == "COMPLETE") & nets["val_accuracy"].notna() & nets["memory"].notna()]
+
+
+def hypervolume_history(table: pd.DataFrame) -> list[tuple[int, float]]:
+    """``(trial number, normalised hypervolume of the distinct networks up to it)``, in
+    trial order. The reference memory is fixed at 1.1 x the largest memory of all of
+    them, so the curve only rises and its last value is :func:`summary`'s."""
+    done = scored(table).sort_index()
+    if done.empty:
+        return []
+    ref = float(done["memory"].max()) * 1.1
+    acc, mem = done["val_accuracy"].to_numpy(float), done["memory"].to_numpy(float)
+    return [(int(n), hypervolume(acc[:i + 1], mem[:i + 1], ref_mem=ref, normalize=True))
+            for i, n in enumerate(done.index)]
+
+
+def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
+    """What every command reports about a study, over distinct networks
+    (``table``: :func:`trials_table` when the caller has it; ``trials``: the raw or
+    merged trials, for the lineage counts):
+
+    * ``trials``: :func:`lineage_counts` (Optuna's view: a duplicate counts as COMPLETE);
+    * ``networks``: distinct networks scored (:func:`scored`); ``duplicates``: numbers
+      of the COMPLETE trials that repeated an earlier network;
+    * ``fidelities``: {epochs: networks scored there}, the highest rung each reached;
+    * ``pareto``: the front's trial numbers, most accurate first;
+    * ``hypervolume_normalized``: of the scored networks (:func:`hypervolume`);
+    * ``retrained`` and ``kendall_tau_proxy_vs_retrain``: scored networks with a
+      retrained accuracy, and Kendall's tau of proxy vs retrained accuracy over them
+      (None below two).
+    """
+    table = trials_table(study) if table is None else table
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    done = scored(table)
+    dups = table[table["duplicate_of"].notna() & (table["state"] == "COMPLETE")]
+    front = done[done["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+    rt = done[done["retrain_test_accuracy"].notna()]
+    tau = kendall_tau(rt["val_accuracy"], rt["retrain_test_accuracy"]) if len(rt) >= 2 else math.nan
+    epochs = done["proxy_epochs"].dropna().astype(int)
+    return {
+        "study": study.study_name,
+        "memory": study.user_attrs.get("memory", "inference"),
+        "trials": lineage_counts(trials),
+        "networks": int(len(done)),
+        "duplicates": [int(n) for n in dups.index],
+        "fidelities": {int(e): int(c) for e, c in sorted(epochs.value_counts().items())},
+        "pareto": [int(n) for n in front.index],
+        "hypervolume_normalized": hypervolume(done["val_accuracy"], done["memory"], normalize=True) if len(done)
+        else 0.0,
+        "retrained": int(len(rt)),
+        "kendall_tau_proxy_vs_retrain": None if math.isnan(tau) else float(tau),
+    }
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def counts_text(s: dict) -> str:
+    """The trial counts of a :func:`summary` in words, duplicates apart:
+    ``12 trials: 7 networks scored (5 at 1 epoch, 2 at 3 epochs), 1 duplicate, 3 pruned, 1 failed``."""
+    c = s["trials"]
+    dups = len(s["duplicates"])
+    fid = ", ".join(f"{n} at {_plural(e, 'epoch')}" for e, n in s["fidelities"].items())
+    parts = [_plural(s["networks"], "network") + " scored" + (f" ({fid})" if fid else "")]
+    if dups:
+        parts.append(_plural(dups, "duplicate") + " of an earlier network")
+    unscored = c.get("COMPLETE", 0) - s["networks"] - dups         # complete, but without accuracy or memory
+    if unscored > 0:
+        parts.append(f"{unscored} complete without scores")
+    parts += [f"{c[k]} {w}" for k, w in (("PRUNED", "pruned"), ("FAIL", "failed"), ("RUNNING", "running"),
+                                          ("WAITING", "waiting")) if c.get(k)]
+    return f"{_plural(c['total'], 'trial')}: " + ", ".join(parts)
+
+
+def summary_lines(s: dict) -> list[str]:
+    """A :func:`summary` as the sentences ``show`` and ``retrain`` print (unwrapped)."""
+    n = len(s["pareto"])
+    front = (f"Pareto front: {_plural(n, 'network')} (val. accuracy at the highest proxy rung each reached "
+             f"vs {s['memory']} memory per image); hypervolume {s['hypervolume_normalized']:.4f}")
+    tau = s["kendall_tau_proxy_vs_retrain"]
+    if tau is not None:
+        front += f"; Kendall's tau {tau:+.3f} (proxy vs retrained accuracy, {s['retrained']} networks)"
+    elif s["retrained"]:
+        front += f"; Kendall's tau n/a ({_plural(s['retrained'], 'network')} retrained, needs 2)"
+    return [f"study {s['study']!r}: {counts_text(s)}", front]
+
+
+def budget_text(budget, tolerance=None) -> str:
+    """A budget as the command line takes it (``parse_budget`` reads it back):
+    ``100k parameters ± 10%``."""
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        return str(budget)
+    text = f"{b / 1e6:g}M" if b >= 1e6 else f"{b / 1e3:g}k" if b >= 1e3 else f"{b:g}"
+    if tolerance is not None:
+        text += f" parameters ± {float(tolerance) * 100:g}%"
+    return text
+
+
 def results_dir(name: str) -> Path:
     return data_home() / "results" / name
 
 
 def write_results(study: optuna.Study) -> Path:
-    """``results/NAME/trials.csv`` (the show table, all columns) and ``summary.json`` in the
-    data home; rewritten by every ``run`` and ``retrain``."""
+    """``results/NAME/trials.csv`` (the show table, all columns) and ``summary.json``
+    (:func:`summary` and the study's settings) in the data home; rewritten by every
+    ``run`` and ``retrain``."""
     out = results_dir(study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     df = trials_table(study)
     df.to_csv(out / "trials.csv")
-    front = df[df["pareto"].astype(bool)]
-    done = df[(df["state"] == "COMPLETE") & df["val_accuracy"].notna()]
-    retrained = df[df["retrain_test_accuracy"].notna() & df["duplicate_of"].isna()]
-    summary = {
-        "study": study.study_name, "settings": {k: v for k, v in study.user_attrs.items()
-                                                if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))},
-        "trials": lineage_counts(study.get_trials(deepcopy=False)),
-        "pareto": [int(n) for n in front.index],
-        "hypervolume_normalized": (hypervolume(done["val_accuracy"], done["memory"], normalize=True)
-                                   if len(done) else 0.0),
-        "kendall_tau_proxy_vs_retrain": (kendall_tau(retrained["val_accuracy"], retrained["retrain_test_accuracy"])
-                                         if len(retrained) >= 2 else None),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    s = summary(study, df)
+    s["settings"] = {k: v for k, v in study.user_attrs.items() if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))}
+    (out / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
     return out

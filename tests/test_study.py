@@ -132,7 +132,7 @@ def test_show_table_and_pareto_csv(small_study, tmp_path):
     study, _, _ = small_study
     rc, out, err = cli("show", "--study", "small")
     assert rc == 0, err
-    assert "val_acc" in out and "fail_reason" in out and "study 'small': 5 trials" in out
+    assert "val acc %" in out and "study 'small': 5 trials" in out
     csv = tmp_path / "front.csv"
     rc, out, err = cli("show", "--study", "small", "--pareto", "--csv", str(csv))
     assert rc == 0, err
@@ -287,3 +287,17 @@ def test_storage_url_resolution(home):
     assert studies.redact_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
     with pytest.raises(ValueError, match="study name"):
         studies.resolve_url("../evil", None)
+
+
+def test_preparing_the_next_trial_ahead_keeps_the_count_exact(home):
+    """The overlap a worker on a GPU uses (the next trial prepared in a thread while this one
+    trains), forced on the CPU: exactly N trials, each prepared before its proxy started."""
+    name = "ahead-" + uuid.uuid4().hex[:6]
+    counts = studies.run(name, 4, budget="60k", tolerance=0.1, synthetic=True, synthetic_images=64,
+                         synthetic_image_size=8, proxy_hparams={"batch_size": 32}, device="cpu", rungs=1,
+                         progress=False, prepare_ahead=True, say=lambda m: None)
+    assert counts["finished"] == counts["total"] == 4
+    trials = load(name).get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    complete = [t for t in trials if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
+    assert complete and all(t.user_attrs["proxy_started_at"] <= t.user_attrs["proxy_finished_at"] for t in complete)
