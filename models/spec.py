@@ -20,6 +20,12 @@ STEP_MODES = ("fixed", "learnable")
 STEP_BOUNDS = (0.125, 4.0)                   # Verner's bound on a fixed step (000 §4.6, 001 §3.6); a learnable
                                              # step starts inside it and may leave it (001 §3.6)
 MAX_LEAVES_PER_BLOCK = 256                   # nesting guard: s**(d+1) sub-nets in one block
+# Bounds on what a spec may ask for, far above every paper network (ResNet-110: 54 sub-nets,
+# 001's RK8 x3: 42), so that a typo or a hostile file is refused before a build eats the machine.
+MAX_STAGES = 16                              # stages of one network
+MAX_SUBNETS = 4096                           # leaf sub-nets (or RKCNN units) in the whole network
+MAX_IMAGE_SIZE = 1024                        # pixels per side
+MAX_CHANNELS = 4096                          # channels of a stage or the stem (the width solver stops at 512)
 
 
 class SpecError(ValueError):
@@ -118,6 +124,8 @@ class ArchSpec:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise SpecError(f"spec: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except RecursionError:
+            raise SpecError("spec: JSON nested too deeply to be a spec (a spec is two levels deep)") from None
         return cls.from_dict(d)
 
     # -- helpers -------------------------------------------------------------
@@ -138,14 +146,17 @@ class ArchSpec:
         _one_of("head", self.head, HEADS)
         _int_in("num_classes", self.num_classes, 2, 100_000)
         _int_in("in_channels", self.in_channels, 1, 64)
-        _int_in("image_size", self.image_size, 4, 4096)
+        _int_in("image_size", self.image_size, 4, MAX_IMAGE_SIZE)
         _int_in("seed", self.seed, 0, 2**63 - 1)
         if not isinstance(self.survival_last, (int, float)) or not 0.0 < self.survival_last <= 1.0:
             raise SpecError(f"survival_last: must be a number in (0, 1], got {self.survival_last!r}")
         if self.stem_width is not None:
-            _int_in("stem_width", self.stem_width, 1, 4096)
+            _int_in("stem_width", self.stem_width, 1, MAX_CHANNELS)
         if not isinstance(self.stages, tuple) or not self.stages:
             raise SpecError("stages: expected at least one stage")
+        if len(self.stages) > MAX_STAGES:
+            raise SpecError(f"stages: at most {MAX_STAGES} stages allowed, got {len(self.stages)}")
+        subnets = 0
         schemes = scheme_names()
         size = self.image_size
         for i, s in enumerate(self.stages):
@@ -175,7 +186,7 @@ class ArchSpec:
                 what = " (a learnable step's initial value)" if s.step.mode == "learnable" else ""
                 raise SpecError(f"{p}.step.value: must lie in [{lo}, {hi}]{what}, got {v!r}")
             if s.width is not None:
-                _int_in(f"{p}.width", s.width, 1, 4096)
+                _int_in(f"{p}.width", s.width, 1, MAX_CHANNELS)
             elif require_widths:
                 raise SpecError(f"{p}.width: not set; solve widths for a budget "
                                 f"(search_space.solve_widths) or give an integer")
@@ -198,6 +209,11 @@ class ArchSpec:
                 size //= 2
                 if size < 1:
                     raise SpecError(f"{p}.downsample: {self.image_size}px input cannot be halved {i} times")
+            subnets += (s.rk_stages * s.rk_steps * (1 if s.scheme == "rkcnn-e" else 2) if s.is_rkcnn
+                        else s.blocks * subnets_per_block(s.scheme, s.depth))
+        if subnets > MAX_SUBNETS:
+            raise SpecError(f"stages: {subnets:,} sub-networks in all; at most {MAX_SUBNETS:,} allowed "
+                            f"(the largest paper network has 54)")
         if self.head == "multiscale" and self.transition == "resblock":
             raise SpecError("head: 'multiscale' goes with RKCNN transitions ('conv', 'conv-attention'); "
                             "with 'resblock' use 'gap-fc'")

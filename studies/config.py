@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -26,12 +27,18 @@ __all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "
 
 MEMORY_OBJECTIVES = ("inference", "training")
 SETTINGS_FORMAT = 1          # version of the stored settings' layout
+# Bounds of what a user can type, so that a typo cannot eat the machine or the database.
+MAX_TRIALS = 100_000         # trial lineages per study: ~500 GPU-hours at 18 s a trial
+MAX_WORKERS = 256            # worker processes of one launch
+MAX_SYNTHETIC_IMAGES = 200_000   # synthetic training images, held in memory as uint8
+MAX_IMAGE_SIZE = 256         # pixels: the synthetic set and the networks' inputs stay CIFAR-sized
 
 
 def option(default, help: str, **cli):
     """A field with its default and its command-line help; ``cli`` holds argparse
     keywords (``type``, ``choices``, ``metavar``, ``nargs``, ``action``, ``flag``),
-    ``cli=False`` keeps a field off the command line."""
+    ``cli=False`` keeps a field off the command line (Python only), ``internal=True``
+    off both (set by the program itself)."""
     meta = {"help": help, **cli}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -42,11 +49,11 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg}); e.g. '{{\"lr\": 0.2}}'") from None
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}); e.g. '{{\"lr\": 0.2}}'") from None
     except RecursionError:
-        raise ValueError("nested too deeply to be a set of hyperparameters") from None
+        raise argparse.ArgumentTypeError("nested too deeply to be a set of hyperparameters") from None
     if not isinstance(value, dict):
-        raise ValueError("expected a JSON object, e.g. '{\"lr\": 0.2}'")
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"lr\": 0.2}'")
     return value
 
 
@@ -76,7 +83,8 @@ class RunOptions:
                              action="store_true")
     synthetic_images: int = option(1024, "with --synthetic: training images (validation and test: N/4, at "
                                          "least 64)", type=int, metavar="N")
-    synthetic_image_size: int = option(32, "with --synthetic: image side", type=int, metavar="PIXELS")
+    synthetic_image_size: int = option(16, "with --synthetic: image side (small, so the CPU demo trains fast and "
+                                           "in little memory)", type=int, metavar="PIXELS")
     proxy_hparams: dict = option({}, "overrides of the proxy's hyperparameters (trainers.HPARAMS), fixed per "
                                      "study, e.g. '{\"lr\": 0.2}'", type=_json_object, metavar="JSON")
     device: str | None = option(None, "cuda or cpu (default: cuda if available)")
@@ -89,15 +97,19 @@ class RunOptions:
                                 "and retried", type=int, metavar="SECONDS")
     max_retry: int = option(3, "retries of a trial whose worker died", type=int)
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
+    prepare_ahead: bool | None = option(None, "prepare the next trial (sample, solve, build, measure) in a thread "
+                                              "while the device trains the current one; None: on CUDA only",
+                                        cli=False)
     poll: float = option(1.0, "seconds an idle worker waits before looking for work again", cli=False)
-    explicit: tuple = option((), "names of the options the user gave (a resume checks them)", cli=False)
-    worker_index: int = option(0, "index of this worker among those of one launch", cli=False)
+    explicit: tuple = option((), "names of the options the user gave (a resume checks them)", cli=False,
+                             internal=True)
+    worker_index: int = option(0, "index of this worker among those of one launch", cli=False, internal=True)
 
     @classmethod
     def from_user(cls, **given) -> "RunOptions":
         """Options from what a user typed (a call or the command line): unknown names are
         refused, and the names given are remembered for the resume check."""
-        names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+        names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         unknown = sorted(set(given) - names)
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
@@ -105,26 +117,40 @@ class RunOptions:
 
     def check(self) -> "RunOptions":
         """Refuse a bad value in one line before anything heavy runs."""
-        _int_at_least("--trials", self.trials, 1)
-        _int_at_least("--workers", self.workers, 1)
+        _int_in("--trials", self.trials, 1, MAX_TRIALS)
+        _int_in("--workers", self.workers, 1, MAX_WORKERS)
         parse_budget(self.budget)
         if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
             raise ValueError(f"--tolerance: must lie in (0, 1), got {self.tolerance}")
         if self.memory not in MEMORY_OBJECTIVES:
             raise ValueError(f"--memory: {self.memory!r} is not allowed; allowed: {', '.join(MEMORY_OBJECTIVES)}")
-        for name, v, lo in (("--proxy-epochs", self.proxy_epochs, 1), ("--rungs", self.rungs, 1),
-                            ("--eta", self.eta, 2), ("--heartbeat", self.heartbeat, 1),
-                            ("--max-retry", self.max_retry, 0), ("--synthetic-images", self.synthetic_images, 16),
-                            ("--synthetic-image-size", self.synthetic_image_size, 8)):
+        for name, v, lo, hi in (("--proxy-epochs", self.proxy_epochs, 1, 1000), ("--rungs", self.rungs, 1, 8),
+                                ("--eta", self.eta, 2, 10), ("--heartbeat", self.heartbeat, 1, 3600),
+                                ("--max-retry", self.max_retry, 0, 100),
+                                ("--synthetic-images", self.synthetic_images, 16, MAX_SYNTHETIC_IMAGES),
+                                ("--synthetic-image-size", self.synthetic_image_size, 8, MAX_IMAGE_SIZE),
+                                ("--seed", self.seed, 0, 2**32 - 1)):
             if v is not None:
-                _int_at_least(name, v, lo)
-        trainers.protocol_hparams("proxy", hparams=self.proxy_hparams)     # unknown keys: ValueError
+                _int_in(name, v, lo, hi)
+        if not isinstance(self.proxy_hparams, dict):
+            raise ValueError(f"--proxy-hparams: expected a JSON object, got {self.proxy_hparams!r}")
+        try:
+            trainers.protocol_hparams("proxy", hparams=self.proxy_hparams)
+        except ValueError as e:
+            raise ValueError(f"--proxy-hparams: {e}") from None
         return self
 
 
-def _int_at_least(name: str, value, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}: must be an integer of at least {lo}, got {value!r}")
+def small_data_hparams(n_train: int, batch_size: int | None = None) -> dict:
+    """Batch and learning rate for a small training set: an eighth of the images per batch,
+    16 to 128, and the learning rate scaled with the batch (0.1 per 128 images)."""
+    b = int(batch_size or min(128, max(16, n_train // 8)))
+    return {"batch_size": b, "lr": 0.1 * b / 128}
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name}: must be an integer in [{lo:,}, {hi:,}], got {value!r}")
 
 
 @dataclass
@@ -155,6 +181,14 @@ class StudySettings:
     def memory_key(self) -> str:
         return f"{self.memory}_bytes_per_image"
 
+    def retrain_hparams(self) -> dict:
+        """Overrides every retrain protocol takes for this study's data: on the small synthetic
+        set, the proxy's batch with its scaled learning rate (a CIFAR-sized batch of 512 would
+        hold gigabytes of activations on a CPU for nothing); none for CIFAR-10."""
+        if self.data.get("kind") != "synthetic":
+            return {}
+        return small_data_hparams(self.data["n_train"], self.proxy_hparams.get("batch_size"))
+
     @classmethod
     def from_options(cls, opts: RunOptions, device: str) -> "StudySettings":
         """A new study's settings; defaults that depend on the data or device are chosen here."""
@@ -166,10 +200,7 @@ class StudySettings:
             data = dict(kind="cifar10", root=os.path.abspath(opts.data or "data"))
         hp = dict(opts.proxy_hparams or {})
         if opts.synthetic:
-            # a small set: smaller batches, the learning rate scaled with them (0.1 per 128 images)
-            b = int(hp.get("batch_size", min(128, max(16, data["n_train"] // 8))))
-            hp.setdefault("batch_size", b)
-            hp.setdefault("lr", 0.1 * b / 128)
+            hp = {**small_data_hparams(data["n_train"], hp.get("batch_size")), **hp}
         proxy_epochs = opts.proxy_epochs or (1 if opts.synthetic else 8 if device.startswith("cuda") else 2)
         return cls(budget=parse_budget(opts.budget), tolerance=float(opts.tolerance), memory=opts.memory,
                    proxy_epochs=int(proxy_epochs), rungs=int(opts.rungs or (2 if opts.synthetic else 3)),

@@ -40,7 +40,7 @@ from models import ArchSpec, SpecError
 from .config import StudySettings
 from .objective import load_data
 from .results import _finite, pareto_numbers, trials_with_results
-from .storage import data_home, open_existing, redact_url, sqlite_path
+from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
 __all__ = ["BEST_RULE", "FILES", "export", "export_trial", "find_weights", "select_trial"]
 
@@ -283,13 +283,14 @@ def export(study: str, out: str | Path, *, trial: int | None = None, storage: st
            force: bool = False, device: str | None = None) -> dict:
     """Export trial ``trial`` of ``study`` (default: the best, see :data:`BEST_RULE`) into
     the folder ``out``; return the summary (``rule`` says how the trial was chosen)."""
-    store = open_existing(study, storage)
-    try:
-        st = store.study()
-        record, rule = select_trial(st, trial)
-        return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
-    finally:
-        store.close()
+    with storage_errors(resolve_url(study, storage)):
+        store = open_existing(study, storage)
+        try:
+            st = store.study()
+            record, rule = select_trial(st, trial)
+            return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
+        finally:
+            store.close()
 
 
 # --------------------------------------------------------------------------
@@ -354,7 +355,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
     lines = [
         f"# {arch}",
         "",
-        *([f"> **Trained on synthetic data** (a demo study): not a CIFAR-10 model.", ""] if synthetic else []),
+        *(["> **Trained on synthetic data** (a demo study): not a CIFAR-10 model.", ""] if synthetic else []),
         f"Trial {trial.number} of the study `{study.study_name}` "
         f"({'on' if on_front else 'not on'} the accuracy-vs-memory Pareto front); {summary['rule']}.",
         f"Trained on {trained_on}; {how}.",

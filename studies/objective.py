@@ -180,7 +180,9 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
         trial.set_user_attr("duplicate_of", twin.number)
         values = (float(twin.values[0]), float(twin.values[1]))
         return Prepared(trial, spec, values[1], values, time.perf_counter() - t0)
-    m = measure(models.build(spec, device=ctx.device), (spec.in_channels, spec.image_size, spec.image_size))
+    # on the CPU: the tracked figures are the same on any device, and a worker on a GPU runs this
+    # while the device trains the previous trial (the allocator's peak comes from the proxy itself)
+    m = measure(models.build(spec), (spec.in_channels, spec.image_size, spec.image_size))
     if not preset and not within_budget(m["params"], cfg.budget, cfg.tolerance):
         raise Infeasible(f"solved widths give {m['params']:,} params, outside {cfg.tolerance:.0%} of "
                          f"{cfg.budget:,}", abs(m["params"] - cfg.budget) / cfg.budget - cfg.tolerance)
@@ -192,7 +194,6 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
         "budget_error": (m["params"] - cfg.budget) / cfg.budget,
         "inference_bytes_per_image": int(m["inference_bytes_per_image"]),
         "training_bytes_per_image": int(m["training_bytes_per_image"]),
-        "cuda_peak_bytes": m["cuda_peak_bytes"],
     }
     if preset:
         info = presets.info(preset)
@@ -215,9 +216,13 @@ def train(prep: Prepared, ctx: WorkerContext) -> tuple[float, float]:
     if prep.values is not None:
         return prep.values
     e0 = ctx.settings.epochs(0)
+    started = time.time()
     r = _proxy(prep.spec, ctx, e0)
     for k, v in {"proxy_epochs": e0, "proxy_seconds": round(r.seconds["total"], 3), "device": r.device,
-                 "proxy_cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
+                 # unix times: the gap between one trial's end and the next one's start on a worker is
+                 # the time its device waited for the CPU
+                 "proxy_started_at": started, "proxy_finished_at": time.time(),
+                 "cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
                  "proxy_images_per_second": r.images_per_second, f"val_accuracy@{e0}": r.val_accuracy,
                  "val_accuracy": r.val_accuracy, "status": r.status}.items():
         prep.trial.set_user_attr(k, v)

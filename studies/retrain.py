@@ -29,9 +29,13 @@ from models.measure import measure
 from .config import StudySettings
 from .objective import load_data, worker_name
 from .results import pareto_numbers, trials_with_results, write_results
-from .storage import Store, data_home, open_existing
+from .storage import Store, data_home, open_existing, resolve_url, storage_errors
 
-__all__ = ["retrain", "retrain_targets", "run_dir"]
+__all__ = ["Incomplete", "retrain", "retrain_targets", "run_dir"]
+
+
+class Incomplete(ValueError):
+    """Some networks were left to other processes that are still retraining them."""
 
 
 def run_dir(study_name: str, number: int, label: str) -> Path:
@@ -63,11 +67,12 @@ def retrain(study: str, storage: str | None = None, *, protocol: str = "fast", e
     ``ho-resnet`` or ``lm-resnet``; ``epochs`` overrides its length) on the data the study
     searched on (``data``: where CIFAR-10 is on this machine); returns this call's results."""
     trainers.protocol_hparams(protocol, epochs=epochs)        # ValueError for an unknown protocol
-    store = open_existing(study, storage, owner=worker_name())
-    try:
-        return _retrain_study(store, protocol, epochs, data, synthetic, device, progress, say)
-    finally:
-        store.close()
+    with storage_errors(resolve_url(study, storage)):
+        store = open_existing(study, storage, owner=worker_name())
+        try:
+            return _retrain_study(store, protocol, epochs, data, synthetic, device, progress, say)
+        finally:
+            store.close()
 
 
 def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device, progress, say) -> list[dict]:
@@ -87,7 +92,7 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
         return []
     stale = 3 * cfg.heartbeat_interval
     dataset = None
-    results = []
+    results, elsewhere = [], []
 
     def finished(key: str) -> dict | None:
         prev = study.user_attrs.get(key)             # fresh: another process may have just finished it
@@ -102,7 +107,11 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
             say(f"{head}: done before, test acc {prev['test_accuracy']:.4f} ({label})")
             continue
         if not store.claims.try_claim(ckey, stale):
-            say(f"{head}: being retrained by another process; skipped")
+            row = store.claims.holder(ckey) or {}
+            expires = datetime.fromtimestamp(row.get("heartbeat", 0) + stale, timezone.utc).strftime("%H:%M:%S UTC")
+            say(f"{head}: being retrained by {row.get('owner', 'another process')} (its claim expires at "
+                f"{expires} if it stops beating); left to it")
+            elsewhere.append((t.number, row.get("owner", "?"), expires))
             continue
         try:
             if finished(key) is not None:
@@ -110,7 +119,8 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
             if dataset is None:
                 dataset = load_data(cfg.data, data_root)
             with store.claims.held(ckey, stale / 3):
-                entry, r = _retrain_one(study, t, label, protocol, epochs, dataset, device, progress, say, head)
+                entry, r = _retrain_one(study, t, label, protocol, epochs, dataset, device, progress, say, head,
+                                        cfg.retrain_hparams())
             results.append(entry)
         finally:
             store.claims.release(ckey)                  # done or interrupted: free for a rerun at once
@@ -120,10 +130,14 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
         else:
             say(f"    {r.status}: {r.reason}")
     write_results(study)
+    if elsewhere:
+        n, owner, expires = elsewhere[-1]
+        raise Incomplete(f"{len(elsewhere)} network(s) left to other processes (trial {n} by {owner}, whose claim "
+                         f"expires at {expires} if it has stopped); rerun `search.py retrain` to finish them")
     return results
 
 
-def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say, head):
+def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say, head, hparams):
     """Retrain one trial's network; write its folder and the study attr ``retrain:N:LABEL``."""
     spec = ArchSpec.from_json(t.user_attrs["spec"])
     folder = run_dir(study.study_name, t.number, label)
@@ -131,7 +145,8 @@ def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say,
     (folder / "spec.json").write_text(spec.to_json(indent=2) + "\n")
     say(f"{head}: {t.user_attrs.get('architecture', spec.name)} - retrain {label}")
     r = trainers.train(lambda: models.build(spec), data, protocol=protocol, checkpoint_path=folder / "checkpoint.pt",
-                       resume=True, device=device, epochs=epochs, progress=progress)
+                       resume=True, device=device, epochs=epochs, hparams=hparams or None, progress=progress,
+                       say=lambda m: say(f"    {m}"))
     entry = {"number": t.number, "protocol": protocol, "label": label, "status": r.status,
              "reason": r.reason, "test_accuracy": r.test_accuracy, "test_loss": r.loss if r.ok else None,
              "epochs": r.epochs, "seconds": round(sum(h.get("seconds", 0.0) for h in r.history), 3),

@@ -22,9 +22,11 @@ killed worker's trial, exist for Optuna's RDB storage only.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +36,8 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "Store", "StorageError", "check_name", "data_home", "default_url",
+__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure",
+           "storage_errors", "check_name", "data_home", "default_url",
            "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path"]
 
 DEFAULT_GRACE_FACTOR = 3    # a trial silent for this many heartbeat intervals is failed (and retried)
@@ -44,6 +47,10 @@ HOME_ENV = "STACKNAS_HOME"
 
 class StorageError(ValueError):
     """The storage URL cannot be used; the message is one line and says why."""
+
+
+class DamagedStorage(StorageError):
+    """The study's SQLite file exists but is not a readable SQLite database."""
 
 
 # --------------------------------------------------------------------------
@@ -148,8 +155,50 @@ def check_url(url: str, *, create: bool) -> None:
             conn.execute(sa.text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - OperationalError: unreachable, refused, auth, no such db
         raise StorageError(f"cannot connect to storage {shown}: {_one_line(e)}") from None
+    try:
+        if path is not None and path.exists() and path.stat().st_size:
+            # SQLite opens files lazily: a truncated or foreign file only fails when read
+            with engine.connect() as conn:
+                verdict = conn.execute(sa.text("PRAGMA quick_check")).scalar()
+            if verdict != "ok":
+                raise DamagedStorage(f"{path} is not a readable SQLite database ({verdict}); "
+                                     f"move it aside and restore a copy, or start another study")
+    except sa.exc.DBAPIError as e:
+        raise DamagedStorage(f"{path} is not a readable SQLite database ({_one_line(e)}); "
+                             f"move it aside and restore a copy, or start another study") from None
     finally:
         engine.dispose()
+
+
+def _where(url: str) -> str:
+    path = sqlite_path(url)
+    return str(path) if path is not None else redact_url(url)
+
+
+def _storage_message(url: str, e: BaseException) -> str:
+    text = _one_line(e)
+    path = sqlite_path(url)
+    hint = ""
+    if "disk is full" in text or "No space left" in text:
+        hint = f" (free space on {path.parent if path else 'the database server'})"
+    elif "readonly" in text or "read-only" in text or "unable to open database file" in text:
+        hint = f" (no write permission on {path} or its folder)" if path else " (no write permission)"
+    return f"storage {_where(url)}: {text}{hint}"
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """One line naming the storage and the cause for what a storage raises while in use
+    (a full disk, a read-only folder, a lost server) instead of chained tracebacks."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as e:
+        raise StorageError(_storage_message(url, e)) from None
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """True for errors of the database itself (full, read-only, gone): nothing more can be written."""
+    return isinstance(e, (sa.exc.OperationalError, sa.exc.DatabaseError, StorageError))
 
 
 def _rdb_storage(url: str, heartbeat: int | None, max_retry: int):
@@ -221,6 +270,8 @@ def open_existing(name: str, storage: str | None = None, **kwargs) -> Store:
 
     try:
         store = open_store(name, storage, **kwargs)
+    except DamagedStorage:
+        raise
     except StorageError:
         if storage is None:
             raise unknown() from None
@@ -250,6 +301,20 @@ def list_study_names(url: str | None) -> list[str]:
 # claims
 # --------------------------------------------------------------------------
 
+def owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` (``host:pid``) is a process of this machine that no longer exists;
+    a process elsewhere cannot be checked, so it is never called dead here."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # alive, another user's
+        return False
+    return False
+
 class Claims:
     """Atomic, heart-beating claims in table ``stacknas_claims`` of the study's database.
 
@@ -276,6 +341,8 @@ class Claims:
             meta.create_all(self.engine, checkfirst=True)
 
     def try_claim(self, key: str, stale_after: float) -> bool:
+        """Claim ``key``: a new row, or one whose holder stopped beating ``stale_after`` seconds
+        ago or is a process of this machine that no longer exists (killed)."""
         now = time.time()
         t = self.table
         try:
@@ -288,7 +355,21 @@ class Claims:
             res = conn.execute(t.update()
                                .where(t.c.key == key, t.c.done == 0, t.c.heartbeat < now - stale_after)
                                .values(owner=self.owner, heartbeat=now))
+            if res.rowcount == 1:
+                return True
+            row = conn.execute(t.select().where(t.c.key == key)).first()
+            if row is None or row.done or not owner_is_dead(row.owner):
+                return False
+            res = conn.execute(t.update().where(t.c.key == key, t.c.done == 0, t.c.owner == row.owner)
+                               .values(owner=self.owner, heartbeat=now))
             return res.rowcount == 1
+
+    def holder(self, key: str) -> dict | None:
+        """The row of ``key`` (owner, heartbeat, done), or None."""
+        t = self.table
+        with self.engine.connect() as conn:
+            row = conn.execute(t.select().where(t.c.key == key)).first()
+        return dict(row._mapping) if row is not None else None
 
     def beat(self, key: str) -> None:
         with self.engine.begin() as conn:

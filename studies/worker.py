@@ -21,6 +21,7 @@ the processes that run several workers on one machine.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -28,6 +29,7 @@ import sys
 import time
 import traceback
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -38,9 +40,10 @@ from optuna.trial import TrialState
 from . import objective
 from .config import RunOptions, StudySettings
 from .objective import Infeasible, TrialFailed, WorkerContext, worker_name
-from .promotion import find_promotion, pending_promotions, run_promotion
+from .promotion import Job, find_promotion, pending_promotions, run_promotion
 from .results import lineage_counts
-from .storage import DEFAULT_GRACE_FACTOR, Beating, Store, open_store
+from .storage import (DEFAULT_GRACE_FACTOR, Beating, Store, is_storage_failure, open_store, resolve_url,
+                      storage_errors)
 
 __all__ = ["TARGET_ATTR", "make_sampler", "quiet_optuna", "run_workers", "work"]
 
@@ -98,68 +101,103 @@ def _fmt_bytes(b) -> str:
         b /= 1024
 
 
-def run_trial(study: optuna.Study, store: Store, trial_id: int, ctx: WorkerContext, say) -> str:
-    """Evaluate one taken trial, with its heartbeat, and tell the study; the final state's name."""
-    interval = store.storage.get_heartbeat_interval()
-    beat = Beating(lambda: store.storage.record_heartbeat(trial_id), interval) if interval else None
-    if beat:
-        beat.__enter__()
-    try:
-        return _evaluate_and_tell(study, trial_id, ctx, say)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # our heartbeat was late (overloaded machine) and another worker failed the trial
-        # as stale and re-queued it: the retry stands for it
-        say(f"trial id {trial_id}: failed by the heartbeat check meanwhile; its retry will run it")
-        return "FAIL"
-    finally:
-        if beat:
-            beat.__exit__(None, None, None)
+class _Taken:
+    """A trial this worker has taken and not yet told: its heartbeat beats until :meth:`close`.
 
+    Its evaluation has two parts, :meth:`prepare` (CPU: spec, widths, measurements) and
+    :meth:`train` (the proxy on the device), so that a worker on a GPU can prepare the
+    next trial while the device trains this one. Either part may end the trial (pruned,
+    failed); ``state`` then holds the final state's name.
+    """
 
-def _evaluate_and_tell(study: optuna.Study, trial_id: int, ctx: WorkerContext, say) -> str:
-    trial = optuna.Trial(study, trial_id)
-    trial.set_user_attr("worker", ctx.worker)
-    if trial.user_attrs.get("fail_reason"):
-        trial.set_user_attr("fail_reason", None)     # a retry starts clean
-    preset = trial.user_attrs.get("preset")
-    label = f"trial {trial.number}" + (f" [{preset}]" if preset else "")
-    try:
-        prepared = objective.prepare(trial, ctx)
-        values = objective.train(prepared, ctx)
-    except Infeasible as e:
-        trial.set_user_attr("status", "infeasible")
-        trial.set_user_attr("fail_reason", e.reason)
-        trial.set_constraint("budget", float(e.violation))
-        study.tell(trial, state=TrialState.PRUNED)
-        say(f"{label}: pruned: {e.reason}")
-        return "PRUNED"
-    except TrialFailed as e:
-        trial.set_user_attr("status", e.status)
-        trial.set_user_attr("fail_reason", e.reason)
-        study.tell(trial, state=TrialState.FAIL)
-        say(f"{label}: FAIL: {e.reason}")
-        return "FAIL"
-    except KeyboardInterrupt:
-        trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("fail_reason", "interrupted (worker stopped); re-queued")
-        study.tell(trial, state=TrialState.FAIL)
-        _retry(study, trial.number, ctx.settings.max_retry)
-        raise
-    except Exception as e:  # noqa: BLE001 - a bug in one architecture must not stop the study
-        reason = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        trial.set_user_attr("status", "error")
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        study.tell(trial, state=TrialState.FAIL)
-        say(f"{label}: FAIL: {reason}")
-        return "FAIL"
-    study.tell(trial, list(values))
-    a = trial.user_attrs
-    if "duplicate_of" in a:
-        label += f" (same network as trial {a['duplicate_of']}, not trained again)"
-    say(f"{label}: acc {values[0]:.3f}  {ctx.settings.memory} mem {_fmt_bytes(values[1])}/img  "
-        f"{a.get('params', 0):,} params  {a.get('architecture', '')}  ({a.get('proxy_seconds', 0):.1f}s)")
-    return "COMPLETE"
+    def __init__(self, study: optuna.Study, store: Store, trial_id: int, ctx: WorkerContext):
+        self.study, self.ctx = study, ctx
+        interval = store.storage.get_heartbeat_interval()
+        self.beat = Beating(lambda: store.storage.record_heartbeat(trial_id), interval) if interval else None
+        if self.beat:
+            self.beat.__enter__()
+        self.trial = optuna.Trial(study, trial_id)
+        self.trial.set_user_attr("worker", ctx.worker)
+        if self.trial.user_attrs.get("fail_reason"):
+            self.trial.set_user_attr("fail_reason", None)     # a retry starts clean
+        preset = self.trial.user_attrs.get("preset")
+        self.label = f"trial {self.trial.number}" + (f" [{preset}]" if preset else "")
+        self.prepared: objective.Prepared | None = None
+        self.state: str | None = None
+
+    def prepare(self, say) -> None:
+        self._guarded(lambda: setattr(self, "prepared", objective.prepare(self.trial, self.ctx)), say)
+
+    def train(self, say) -> None:
+        if self.state is None:
+            self._guarded(lambda: self._tell(objective.train(self.prepared, self.ctx), say), say)
+
+    def _tell(self, values: tuple[float, float], say) -> None:
+        self.study.tell(self.trial, list(values))
+        a = self.trial.user_attrs
+        if "duplicate_of" in a:
+            say(f"{self.label}: the same network as trial {a['duplicate_of']}; not trained again, counted once")
+        else:
+            say(f"{self.label}: acc {values[0]:.3f}  {self.ctx.settings.memory} mem {_fmt_bytes(values[1])}/img  "
+                f"{a.get('params', 0):,} params  {a.get('architecture', '')}  ({a.get('proxy_seconds', 0):.1f}s)")
+        self.state = "COMPLETE"
+
+    def _guarded(self, part, say) -> None:
+        """Run one part; an outcome other than success becomes the trial's final state."""
+        trial, study = self.trial, self.study
+        try:
+            part()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # our heartbeat was late (overloaded machine) and another worker failed the trial
+            # as stale and re-queued it: the retry stands for it
+            say(f"{self.label}: failed by the heartbeat check meanwhile; its retry will run it")
+            self.state = "FAIL"
+        except Infeasible as e:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("fail_reason", e.reason)
+            trial.set_constraint("budget", float(e.violation))
+            study.tell(trial, state=TrialState.PRUNED)
+            say(f"{self.label}: pruned: {e.reason}")
+            self.state = "PRUNED"
+        except TrialFailed as e:
+            trial.set_user_attr("status", e.status)
+            trial.set_user_attr("fail_reason", e.reason)
+            study.tell(trial, state=TrialState.FAIL)
+            say(f"{self.label}: FAIL: {e.reason}")
+            self.state = "FAIL"
+        except KeyboardInterrupt:
+            self.interrupt()
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug in one architecture must not stop the study
+            if is_storage_failure(e):
+                # the database itself refuses (full disk, read-only): mark the trial failed if it
+                # still takes that one write, then stop this worker with one line, writing nothing more
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL)
+                self.state = "FAIL"
+                raise
+            reason = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            study.tell(trial, state=TrialState.FAIL)
+            say(f"{self.label}: FAIL: {reason}")
+            self.state = "FAIL"
+
+    def interrupt(self) -> None:
+        """Ctrl-C: fail the trial as interrupted and re-queue it with the same parameters."""
+        if self.state is not None:
+            return
+        self.trial.set_user_attr("status", "interrupted")
+        self.trial.set_user_attr("fail_reason", "interrupted (worker stopped); re-queued")
+        self.study.tell(self.trial, state=TrialState.FAIL)
+        _retry(self.study, self.trial.number, self.ctx.settings.max_retry)
+        self.state = "FAIL"
+
+    def close(self) -> None:
+        if self.beat:
+            self.beat.__exit__(None, None, None)
+            self.beat = None
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +207,11 @@ def _evaluate_and_tell(study: optuna.Study, trial_id: int, ctx: WorkerContext, s
 def work(opts: RunOptions, say=print, bar=None) -> dict:
     """The worker loop: promotions first, then trials; returns what this worker did."""
     quiet_optuna()
+    with storage_errors(resolve_url(opts.study, opts.storage)):
+        return _work(opts, say, bar)
+
+
+def _work(opts: RunOptions, say, bar) -> dict:
     # The heartbeat interval is a stored setting, so the storage is opened twice: once to
     # read the settings, once with heartbeats for the running trials.
     probe = open_store(opts.study, opts.storage)
@@ -182,28 +225,63 @@ def work(opts: RunOptions, say=print, bar=None) -> dict:
     ctx = WorkerContext(opts.study, cfg, opts.device or default_device(), progress=opts.progress,
                         worker=store.claims.owner, data_root=opts.data)
     done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "promotions": 0}
+
+    def next_work() -> Job | _Taken | None:
+        """Promotions first, then a trial, taken and prepared (its CPU part); None when idle."""
+        job = find_promotion(study, cfg, store, grace)
+        if job is not None:
+            return job
+        trial_id = _take_trial(study, store, cfg)
+        if trial_id is None:
+            return None
+        taken = _Taken(study, store, trial_id, ctx)
+        taken.prepare(say)
+        return taken
+
+    # On a GPU the next trial is sampled, width-solved, built and measured in a thread while
+    # the device trains the current one, so the device does not wait for the CPU; on the CPU
+    # both would compete for the same cores, so the parts run one after the other.
+    overlap = ctx.device.startswith("cuda") if opts.prepare_ahead is None else opts.prepare_ahead
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="prepare") if overlap else None
+    pending: Future | None = None
     try:
         while True:
             with store.claims.lock(f"{cfg.uid}:stale-lock"):
                 # one process at a time: on SQLite two could both fail (and re-queue) one trial
                 optuna.storages.fail_stale_trials(study)
-            job = find_promotion(study, cfg, store, grace)
-            if job is not None:
-                run_promotion(study, job, ctx, store, say)
+            item = pending.result() if pending is not None else next_work()
+            pending = None
+            if item is None:
+                active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+                if not active and not pending_promotions(store, cfg):
+                    break
+                update_bar(bar, study, waiting=True)
+                time.sleep(opts.poll)
+                continue
+            if ahead is not None and (isinstance(item, Job) or item.state is None):
+                pending = ahead.submit(next_work)
+            if isinstance(item, Job):
+                run_promotion(study, item, ctx, store, say)
                 done["promotions"] += 1
-                update_bar(bar, study)
-                continue
-            trial_id = _take_trial(study, store, cfg)
-            if trial_id is not None:
-                done[run_trial(study, store, trial_id, ctx, say)] += 1
-                update_bar(bar, study)
-                continue
-            active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-            if not active and not pending_promotions(store, cfg):
-                break
-            update_bar(bar, study, waiting=True)
-            time.sleep(opts.poll)
+            else:
+                try:
+                    item.train(say)
+                finally:
+                    item.close()
+                done[item.state] += 1
+            update_bar(bar, study)
+    except KeyboardInterrupt:
+        if pending is not None:              # the trial prepared ahead is re-queued too
+            item = pending.result()
+            if isinstance(item, _Taken):
+                item.interrupt()
+                item.close()
+            elif isinstance(item, Job):
+                store.claims.release(item.key)
+        raise
     finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True)
         store.close()
     return done
 

@@ -140,7 +140,8 @@ def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
     def offline(root, **kw):
         Path(root, "cifar-10-batches-py").mkdir(parents=True)   # as torchvision does before fetching
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
-    monkeypatch.setattr(trainers.data.torchvision.datasets, "CIFAR10", offline)
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(trainers.DataNotFoundError, match="download failed: <urlopen error"):
         trainers.load_cifar10(tmp_path / "new" / "data", download=True)
     assert list(tmp_path.iterdir()) == []

@@ -57,10 +57,11 @@ if os.environ.get("SLOW_TRIALS"):
     sampled = objective.spec_for_trial
 
     def slow(trial, ctx):
-        spec = sampled(trial, ctx)
-        if trial.number in numbers:
-            time.sleep(float(seconds))
-        return spec
+        try:
+            return sampled(trial, ctx)
+        finally:                        # pruned or not: the parameters are sampled by now
+            if trial.number in numbers:
+                time.sleep(float(seconds))
     objective.spec_for_trial = slow
 """
 
@@ -149,3 +150,30 @@ def test_killed_worker_trial_is_retried(storage, tmp_path):
     df = studies.trials_table(optuna.load_study(study_name=name, storage=url))
     assert df.loc[0, "status"] == "lost" and f"retried as trial {r.number}" in df.loc[0, "fail_reason"]
     assert df.loc[r.number, "retried_from"] == 0
+
+
+def test_ctrl_c_fails_the_trial_as_interrupted_and_a_rerun_finishes(tmp_path):
+    """SIGINT while trial 1 trains: it is failed as "interrupted" and re-queued with the same
+    parameters; the same command run again finishes the requested total."""
+    url, name, n = f"sqlite:///{tmp_path / 'int.db'}", "interrupted", 3
+    p = launch(url, name, n, env=slow_trials(tmp_path, "1", 60), home=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        time.sleep(0.5)
+        try:
+            t1 = [t for t in trials_of(url, name) if t.number == 1]
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        if t1 and t1[0].state.name == "RUNNING" and t1[0].params:
+            break
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    trials = {t.number: t for t in trials_of(url, name)}
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["status"] == "interrupted", out
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == 1]
+    assert retry.state.name == "WAITING" and retry.params == trials[1].params
+    finish(launch(url, name, n, home=tmp_path))
+    c = lineage_counts(trials_of(url, name))
+    assert c["finished"] == c["total"] == n and c["retried"] == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 __all__ = ["Normalizer", "autoaugment", "crop_flip"]
 
@@ -37,7 +36,7 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> to
     return x
 
 
-_AUTOAUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+_AUTOAUGMENT: list = []     # the transform, made on first use
 
 
 def autoaugment(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -51,7 +50,12 @@ def autoaugment(x: torch.Tensor, chunk: int) -> torch.Tensor:
     Randomness comes from torch's global CPU RNG (as in torchvision), which
     the trainer reseeds per epoch.
     """
-    return torch.cat([_AUTOAUGMENT(part) for part in x.split(chunk)])
+    if not _AUTOAUGMENT:
+        # late: importing torchvision costs ~170 MB resident, and only AutoAugment (the paper
+        # protocols) and the CIFAR-10 download need it
+        from torchvision.transforms import v2
+        _AUTOAUGMENT.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    return torch.cat([_AUTOAUGMENT[0](part) for part in x.split(chunk)])
 
 
 class Normalizer:

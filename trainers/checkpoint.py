@@ -7,14 +7,17 @@ run resumes from it to the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "atomic_save", "check_compatible", "load"]
+__all__ = ["FORMAT", "atomic_save", "check_compatible", "load", "load_or_set_aside"]
 
 FORMAT = 1   # version of the checkpoint layout
 
@@ -34,15 +37,49 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc] ...
+        # file write failed": say what it is, and where
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _write_error(path, e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
+def _write_error(path: Path, e: BaseException) -> OSError:
+    free = shutil.disk_usage(path.parent).free
+    if free < 64 * 2**20 or "write" in str(e).lower():
+        return OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.0f} MiB free)", str(path))
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return OSError(errno.EIO, first, str(path))
+
+
 def load(path: str | Path, device: torch.device) -> dict:
     """The checkpoint at ``path`` on ``device`` (tensors only: ``weights_only``)."""
     return torch.load(path, map_location=device, weights_only=True)
+
+
+_NEEDED = ("format", "epoch", "model", "optimizer", "scheduler", "rng", "history")
+
+
+def load_or_set_aside(path: Path, device: torch.device) -> tuple[dict | None, str | None]:
+    """``(state, None)`` for a readable checkpoint; for an unreadable one (truncated, zeroed,
+    overwritten: a disk hiccup, a kill during a copy) ``(None, note)``: the file is renamed
+    to ``NAME.unreadable-<UTC time>`` beside it, kept for inspection, and the run restarts."""
+    try:
+        state = load(path, device)
+        if not isinstance(state, dict) or not all(k in state for k in _NEEDED):
+            raise ValueError("not a checkpoint of this trainer")
+        return state, None
+    except Exception as e:  # noqa: BLE001 - PytorchStreamReader errors, UnpicklingError, EOFError, ...
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+        os.replace(path, aside)
+        return None, f"checkpoint {path} is unreadable ({why}); set aside as {aside.name}, starting from scratch"
 
 
 def check_compatible(state: dict, identity: dict, path: Path) -> None:

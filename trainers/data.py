@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 __all__ = ["DataNotFoundError", "Dataset", "Split", "load_cifar10", "synthetic",
            "train_val_indices", "CIFAR10_CLASSES"]
@@ -172,6 +171,8 @@ def load_cifar10(root: str | Path = "data", *, download: bool = False, val_size:
     if folder is None and download:
         created = [p for p in (root, *root.parents) if not p.exists()]
         try:
+            # late: torchvision costs ~170 MB resident and only the download needs it here
+            import torchvision
             torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         except Exception as e:  # noqa: BLE001 - no network, disk full, bad checksum...
             for p in created:    # leave nothing behind: a failed download made these folders

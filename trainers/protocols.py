@@ -77,19 +77,42 @@ PROTOCOLS: dict[str, dict] = {
 
 _CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),
             "schedule": ("onecycle", "multistep")}
+# (kind, lowest, highest) of every numeric knob: a value outside would make every run fail
+_RANGES = {
+    "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, float("inf")),   # huge is allowed: tests use it to force divergence
+    "warmup_frac": (float, 0.0, 1.0), "final_lr_frac": (float, 0.0, 1.0), "gamma": (float, 0.0, 1.0),
+    "momentum": (float, 0.0, 0.999), "weight_decay": (float, 0.0, 1.0), "label_smoothing": (float, 0.0, 0.99),
+    "crop_pad": (int, 0, 64), "autoaugment_chunk": (int, 1, 65_536), "eval_batch_size": (int, 1, 65_536),
+    "nan_check_every": (int, 1, 100_000),
+}
+_FLAGS = ("nesterov", "decay_1d", "flip", "autoaugment", "bf16", "channels_last", "drop_last")
+
+
+def _check(key: str, value) -> None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"hyperparameter {key}: {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
+    if key in _FLAGS and not isinstance(value, bool):
+        raise ValueError(f"hyperparameter {key}: must be true or false, got {value!r}")
+    if key in _RANGES:
+        kind, lo, hi = _RANGES[key]
+        ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
+        if not ok or not lo <= value <= hi or value != value:      # value != value: nan
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"hyperparameter {key}: must be {what} in [{lo:g}, {hi:g}], got {value!r}")
+    if key == "milestones" and (not isinstance(value, (list, tuple))
+                                or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in value)):
+        raise ValueError(f"hyperparameter milestones: must be a list of epoch numbers, got {value!r}")
 
 
 def merge_hparams(base: dict, overrides: dict | None) -> dict:
-    """``base`` updated with ``overrides``; an unknown key or a value of the wrong kind
-    is a one-line ValueError naming what is allowed."""
+    """``base`` updated with ``overrides``; an unknown key or a value out of its range is a
+    one-line ValueError naming what is allowed."""
     hp = dict(base)
     for k, v in (overrides or {}).items():
         if k not in hp:
             raise ValueError(f"unknown hyperparameter {k!r}; known: {', '.join(sorted(hp))}")
+        _check(k, v)
         hp[k] = v
-    for k, allowed in _CHOICES.items():
-        if hp[k] not in allowed:
-            raise ValueError(f"hyperparameter {k}: {hp[k]!r} is not allowed; allowed: {', '.join(allowed)}")
     return hp
 
 

@@ -76,6 +76,7 @@ class TrainResult:
     compiled: bool                       # whether torch.compile was used
     resumed_from_epoch: int | None       # completed epochs found in the checkpoint, None if fresh
     checkpoint_path: str | None
+    notes: list[str] = field(default_factory=list)   # what the run had to do on its own (a checkpoint set aside)
     # per epoch: epoch, train_loss, train_accuracy, lr (at its start), images, steps, seconds[, val_accuracy]
     history: list[dict] = field(default_factory=list)
     state_dict: dict | None = field(default=None, repr=False, compare=False)  # CPU tensors, when ok
@@ -103,7 +104,7 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
           epochs: int | None = None, hparams: dict | None = None, seed: int = 0,
           device: str | torch.device | None = None, checkpoint_path: str | Path | None = None,
           resume: bool = False, compile: bool = False, deterministic: bool = False, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[int, dict], None] | None = None, say: Callable[[str], None] = print) -> TrainResult:
     """Train ``make_model()`` under ``protocol`` (see :mod:`trainers.protocols`) and score it.
 
     ``epochs`` and ``hparams`` override the protocol's (unknown keys raise
@@ -115,6 +116,8 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     ``seconds["compile"]`` (off by default: every trial is a different
     architecture, and compiling a deep multi-stage network takes tens of
     seconds, comparable with the proxy it would speed up).
+    An unreadable checkpoint is set aside (renamed beside it) and the run
+    starts from scratch, saying so through ``say`` and in ``notes``.
     ``on_epoch_end(epoch, entry)`` runs after each epoch's checkpoint is on
     disk (``epoch`` 1-based); an exception from it propagates (tests simulate
     a kill so). ``device`` defaults to CUDA when available.
@@ -135,6 +138,7 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     identity = {"protocol": protocol, "seed": seed, "hparams": jsonable(hp)}
 
     status, reason, phase = "ok", "", "setup"
+    notes: list[str] = []
     history: list[dict] = []
     resumed_from = None
     evaluation = None
@@ -153,8 +157,13 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
             steps_per_epoch = _steps_per_epoch(len(train_split), hp)
             scheduler = _make_scheduler(optimizer, hp, steps_per_epoch)
             start_epoch = 0
+            state = None
             if resume and checkpoint_path is not None and checkpoint_path.exists():
-                state = checkpoint.load(checkpoint_path, device)
+                state, note = checkpoint.load_or_set_aside(checkpoint_path, device)
+                if note:
+                    notes.append(note)
+                    say(note)
+            if state is not None:
                 checkpoint.check_compatible(state, identity, checkpoint_path)
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
@@ -229,7 +238,7 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
         cuda_peak_bytes=peak, device=device_name(device), torch_version=torch.__version__,
         git_commit=git_commit(), seed=seed, hparams=hp, compiled=compile, resumed_from_epoch=resumed_from,
         checkpoint_path=str(checkpoint_path) if checkpoint_path is not None else None,
-        history=history, state_dict=state_dict)
+        notes=notes, history=history, state_dict=state_dict)
 
 
 def _training_split(data: Dataset, train_on: str) -> Split:
