@@ -166,10 +166,18 @@ def _sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- proxy
+def proxy_hparams(batch_size: int | None) -> dict | None:
+    """Proxy overrides for another batch size: the learning rate scaled with it, as
+    ``HPARAMS["lr"]`` is (0.1 per 128 images); None keeps the proxy's own."""
+    if not batch_size:
+        return None
+    return {"batch_size": batch_size, "lr": trainers.HPARAMS["lr"] * batch_size / trainers.HPARAMS["batch_size"]}
+
+
 def _run_proxy(args, make_model, data, device, compile: bool) -> dict:
-    hparams = {"batch_size": args.batch_size} if args.batch_size else None
     r = trainers.train(make_model, data, protocol="proxy", epochs=args.epochs, device=device, seed=0,
-                       hparams=hparams, compile=compile, progress=not args.no_progress)
+                       hparams=proxy_hparams(args.batch_size), compile=compile,
+                       progress=not args.no_progress)
     d = r.to_dict()
     last = r.history[-1] if r.history else None
     d["last_epoch_images_per_second"] = (last["images"] / last["seconds"]
@@ -203,7 +211,8 @@ def _parse(argv=None) -> argparse.Namespace:
                    help="proxy epochs (default: the proxy's own, "
                         f"{trainers.PROTOCOLS['proxy']['epochs']})")
     p.add_argument("--compile", action="store_true", help="also run a torch.compile'd proxy trial")
-    p.add_argument("--batch-size", type=int, default=None, help="proxy batch size override")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="proxy batch size override (the learning rate scaled linearly with it)")
     p.add_argument("--baseline-batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="baseline DataLoader workers")
@@ -219,13 +228,17 @@ def _parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = _parse(argv)
-    device = _runtime.resolve_device(args.device)
+def load_data(args) -> trainers.Dataset:
+    """The training data ``args`` name: synthetic or CIFAR-10 with its validation split."""
     if args.synthetic:
-        data = trainers.synthetic(args.n_train, args.n_val, 16, image_size=args.image_size)
-    else:
-        data = trainers.load_cifar10(args.data, download=args.download, val_size=args.val_size)
+        return trainers.synthetic(args.n_train, args.n_val, 16, image_size=args.image_size)
+    return trainers.load_cifar10(args.data, download=args.download, val_size=args.val_size)
+
+
+def bench(args, data: trainers.Dataset, device: torch.device, after=None) -> dict:
+    """The measurement without provenance: the proxy (eager, and compiled with ``--compile``)
+    and the baseline on ``data``; ``after(name)`` is called when each run has finished."""
+    after = after or (lambda name: None)
     make_model = _factory(args.preset)
     n_params = sum(p.numel() for p in make_model().parameters())
     fwd = _forward_flops_per_image(make_model, data.image_size, device)
@@ -234,18 +247,24 @@ def main(argv=None) -> dict:
     def tflops(ips):
         return None if not ips else train_flops * ips / 1e12
 
-    report = {"provenance": _provenance(device), "preset": args.preset, "params": n_params,
-              "data": data.name, "train_images": len(data.train), "image_size": data.image_size,
-              "forward_flops_per_image": fwd, "train_flops_per_image": train_flops}
+    report = {"preset": args.preset, "params": n_params, "data": data.name, "train_images": len(data.train),
+              "image_size": data.image_size, "forward_flops_per_image": fwd, "train_flops_per_image": train_flops}
     proxies = {"eager": _run_proxy(args, make_model, data, device, compile=False)}
+    after("proxy-eager")
     if args.compile:
-        proxies["compiled"] = _run_proxy(args, make_model, data, device, compile=True)
+        try:
+            proxies["compiled"] = _run_proxy(args, make_model, data, device, compile=True)
+        except Exception as e:  # noqa: BLE001 - a compiler failure must not lose the eager and baseline runs
+            proxies["compiled"] = {"status": "error", "reason": f"{type(e).__name__}: {e}"[:500],
+                                   "images_per_second": None, "last_epoch_images_per_second": None}
+        after("proxy-compiled")
     for d in proxies.values():
         d["tflops"] = tflops(d["images_per_second"])
         d["last_epoch_tflops"] = tflops(d["last_epoch_images_per_second"])
     report["proxy"] = proxies
     if not args.no_baseline:
         base = _run_baseline(args, make_model, data, device)
+        after("baseline")
         base["tflops"] = tflops(base["images_per_second"])
         report["baseline"] = base
         ips = proxies["eager"]["images_per_second"]
@@ -253,7 +272,14 @@ def main(argv=None) -> dict:
         if "compiled" in proxies and proxies["compiled"]["images_per_second"]:
             report["speedup_compiled_vs_baseline"] = (proxies["compiled"]["images_per_second"]
                                                       / base["images_per_second"])
+    return report
 
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    device = _runtime.resolve_device(args.device)
+    data = load_data(args)
+    report = {"provenance": _provenance(device), **bench(args, data, device)}
     _print(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +301,9 @@ def _print(r: dict) -> None:
     print(f"{'run':<10} {'images/s':>10} {'last ep.':>10} {'TFLOP/s':>8} {'setup s':>8} "
           f"{'compile s':>9} {'train s':>8} {'eval s':>7} {'total s':>8}  val acc / status")
     for name, d in r["proxy"].items():
+        if "seconds" not in d:                       # the run raised: only its status and reason
+            print(f"{'proxy-' + name:<10} {d['status']}: {d['reason']}")
+            continue
         s = d["seconds"]
         print(f"{'proxy-' + name:<10} {_fmt(d['images_per_second']):>10} "
               f"{_fmt(d['last_epoch_images_per_second']):>10} {_fmt(d['tflops'], '.2f'):>8} "

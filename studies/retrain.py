@@ -62,20 +62,22 @@ def _now() -> str:
 
 def retrain(study: str, storage: str | None = None, *, protocol: str = "fast", epochs: int | None = None,
             data: str | None = None, synthetic: bool = False, device: str | None = None,
-            progress: bool = True, say=print) -> list[dict]:
-    """Retrain every target of :func:`retrain_targets` under ``protocol`` (``fast``,
-    ``ho-resnet`` or ``lm-resnet``; ``epochs`` overrides its length) on the data the study
-    searched on (``data``: where CIFAR-10 is on this machine); returns this call's results."""
+            numbers: list[int] | None = None, progress: bool = True, say=print) -> list[dict]:
+    """Retrain every target of :func:`retrain_targets` (or the trials ``numbers``) under
+    ``protocol`` (``fast``, ``ho-resnet`` or ``lm-resnet``; ``epochs`` overrides its length)
+    on the data the study searched on (``data``: where CIFAR-10 is on this machine);
+    returns this call's results."""
     trainers.protocol_hparams(protocol, epochs=epochs)        # ValueError for an unknown protocol
     with storage_errors(resolve_url(study, storage)):
         store = open_existing(study, storage, owner=worker_name())
         try:
-            return _retrain_study(store, protocol, epochs, data, synthetic, device, progress, say)
+            return _retrain_study(store, protocol, epochs, data, synthetic, device, numbers, progress, say)
         finally:
             store.close()
 
 
-def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device, progress, say) -> list[dict]:
+def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device, numbers, progress,
+                   say) -> list[dict]:
     study = store.study()
     cfg = StudySettings.load(study)
     if cfg is None:
@@ -86,7 +88,14 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
     if data_root and kind == "synthetic":
         raise ValueError(f"study {store.name!r} was searched on synthetic data; --data does not apply")
     label = protocol if epochs is None else f"{protocol}-{int(epochs)}ep"
-    targets = retrain_targets(study)
+    if numbers is None:
+        targets = retrain_targets(study)
+    else:
+        by_number = {t.number: t for t in trials_with_results(study)}
+        missing = [n for n in numbers if n not in by_number or not by_number[n].user_attrs.get("spec")]
+        if missing:
+            raise ValueError(f"study {store.name!r} has no trial {missing[0]} with a network to retrain")
+        targets = [by_number[n] for n in sorted(set(numbers))]
     if not targets:
         say(f"study {store.name!r} has no completed trial on its Pareto front yet; nothing to retrain")
         return []
