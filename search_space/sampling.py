@@ -30,6 +30,8 @@ from models.spec import (
     StepSpec,
 )
 
+from .budget import MAX_WIDTH, WIDTH_MULTIPLE, count_params
+
 # Caps. Each bounds the cost of the deepest network the space can draw; each
 # reaches the papers' largest network of its kind.
 MAX_STAGES = 3               # stages of a ResNet-style network (HO-ResNet has 1, CIFAR ResNets 3)
@@ -204,3 +206,33 @@ def why_not_in_space(spec: ArchSpec) -> str | None:
 def in_space(spec: ArchSpec) -> bool:
     """Whether ``spec`` is a point of the space (see :func:`why_not_in_space`)."""
     return why_not_in_space(spec) is None
+
+
+# ---------------------------------------------------------------------------
+# the space's reach
+
+def extreme_specs() -> tuple[list[ArchSpec], list[ArchSpec]]:
+    """``(smallest, largest)``: per family, the space's network with the fewest and the
+    most sub-networks its caps allow, widths aside. At equal width and sub-net count the
+    schemes hold the same parameters (up to one scalar per block), so these bound every
+    network the sampler can draw: one Euler block against :data:`MAX_STAGES` stages of
+    :data:`MAX_LEAVES_PER_STAGE` sub-nets; one RKCNN-E period of the fewest stages against
+    the most periods of RKCNN-I (phase II doubles the units) of the most stages and steps."""
+    def rkcnn(variant: str, periods: int, s: int, r: int) -> ArchSpec:
+        return ArchSpec(stages=tuple(StageSpec(scheme=variant, rk_stages=s, rk_steps=r, downsample=i > 0)
+                                     for i in range(periods)), transition="conv", head="multiscale")
+    smallest = [ArchSpec(stages=(StageSpec("euler", 1),)),
+                rkcnn("rkcnn-e", min(RKCNN_PERIODS), min(RKCNN_STAGES), min(RKCNN_STEPS))]
+    largest = [ArchSpec(stages=tuple(StageSpec("euler", MAX_LEAVES_PER_STAGE, downsample=i > 0)
+                                     for i in range(MAX_STAGES))),
+               rkcnn("rkcnn-i", max(RKCNN_PERIODS), max(RKCNN_STAGES), max(RKCNN_STEPS))]
+    return smallest, largest
+
+
+def param_range() -> tuple[int, int]:
+    """The fewest and the most parameters a network of the space can have, at the width
+    solver's narrowest and widest widths: a budget outside cannot be met by any trial."""
+    smallest, largest = extreme_specs()
+    lo = min(count_params(s.with_widths([WIDTH_MULTIPLE] * len(s.stages))) for s in smallest)
+    hi = max(count_params(s.with_widths([MAX_WIDTH] * len(s.stages))) for s in largest)
+    return lo, hi

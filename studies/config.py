@@ -81,8 +81,8 @@ class RunOptions:
                                     "with torchvision when missing)", metavar="DIR")
     synthetic: bool = option(False, "small synthetic 10-class data instead of CIFAR-10 (CPU demo, tests)",
                              action="store_true")
-    synthetic_images: int = option(1024, "with --synthetic: training images (validation and test: N/4, at "
-                                         "least 64)", type=int, metavar="N")
+    synthetic_images: int = option(512, "with --synthetic: training images (validation and test: N/4, at "
+                                        "least 64)", type=int, metavar="N")
     synthetic_image_size: int = option(16, "with --synthetic: image side (small, so the CPU demo trains fast and "
                                            "in little memory)", type=int, metavar="PIXELS")
     proxy_hparams: dict = option({}, "overrides of the proxy's hyperparameters (trainers.HPARAMS), fixed per "

@@ -14,12 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from models import presets
-from search_space import count_params
+from search_space import count_params, param_range, parse_budget
 
 from .config import RunOptions, StudySettings, check_resume
 from .objective import load_data, worker_name
 from .results import lineage_counts, summary, write_results
-from .storage import Store, open_store, redact_url, resolve_url, storage_errors
+from .storage import (Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path,
+                      storage_errors)
 from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
@@ -38,6 +39,15 @@ def _check_device(device: str) -> str:
     if dev.type not in ("cuda", "cpu"):
         raise ValueError(f"--device: {device!r} is not supported; use cuda, cuda:N or cpu")
     return device
+
+
+def _check_reach(opts: RunOptions) -> None:
+    """Refuse a budget no network of the space can meet, with the range it can."""
+    budget, tol = parse_budget(opts.budget), float(opts.tolerance)
+    lo, hi = param_range()
+    if budget * (1 + tol) < lo or budget * (1 - tol) > hi:
+        raise ValueError(f"--budget {budget:,}: no network of the search space can meet it; the space's networks "
+                         f"hold {lo:,} to {hi:,} parameters")
 
 
 def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> list[str]:
@@ -93,6 +103,18 @@ def _names(store: Store) -> list[str]:
     return [s.study_name for s in store.storage.get_all_studies()]
 
 
+def _stored_settings(opts: RunOptions, url: str) -> StudySettings | None:
+    """The settings of the study being resumed, or None for a new one (nothing is created)."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    store = open_store(opts.study, opts.storage)
+    try:
+        return StudySettings.load(store.study()) if opts.study in _names(store) else None
+    finally:
+        store.close()
+
+
 def run(study: str, trials: int, *, say=print, **options) -> dict:
     """Create or resume ``study`` and run it until it holds ``trials`` finished trial
     lineages and every due promotion is done; returns the lineage counts, ``summary``
@@ -110,17 +132,20 @@ def run(study: str, trials: int, *, say=print, **options) -> dict:
 
 
 def _run(opts: RunOptions, say) -> dict:
+    # refusals in order of cost, before anything is created: storage, budget, device, data
+    url = resolve_url(opts.study, opts.storage)
+    if opts.storage is None:
+        data_home().mkdir(parents=True, exist_ok=True)
+    check_url(url, create=True)
+    _check_reach(opts)
+    device = _check_device(opts.device or default_device())
+    stored = _stored_settings(opts, url)
+    data = stored.data if stored else None if opts.synthetic else {"kind": "cifar10", "root": opts.data or "data"}
+    if data is not None and data.get("kind") != "synthetic":
+        # once, before the study is touched: a clear error, and K workers do not download it K times
+        load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
     store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
     try:
-        device = _check_device(opts.device or default_device())
-        existing = store.study() if opts.study in _names(store) else None
-        stored = StudySettings.load(existing) if existing is not None else None
-        data = stored.data if stored else None
-        if data is None and not opts.synthetic:
-            data = {"kind": "cifar10", "root": opts.data or "data"}
-        if data is not None and data.get("kind") != "synthetic":
-            # once, before the study is touched: a clear error, and K workers do not download it K times
-            load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
         with store.claims.lock(f"setup:{opts.study}"):
             # one launcher at a time sets the study up: settings (and their uid), presets, target
             _create_or_resume(opts, store, device, say)

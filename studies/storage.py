@@ -141,6 +141,11 @@ def check_url(url: str, *, create: bool) -> None:
             raise StorageError(f"no study database at {path} (check --study / --storage)")
         if create and not path.parent.is_dir():
             raise StorageError(f"cannot create {path}: folder {path.parent} does not exist")
+        if create and not path.exists():
+            # connecting would create the file: a check leaves nothing behind
+            if not os.access(path.parent, os.W_OK):
+                raise StorageError(f"cannot create {path}: folder {path.parent} is not writable")
+            return
     try:
         engine = sa.create_engine(url, **_engine_kwargs(url))
     except ImportError as e:

@@ -3,6 +3,8 @@ phase timing, failure classification and provenance."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import math
 import os
@@ -141,10 +143,26 @@ def classify_failure(e: BaseException, device: torch.device, phase: str) -> tupl
     raise e
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
 def release_memory(device: torch.device) -> None:
+    """Give back what a finished run freed. On the CPU glibc keeps freed heap pages, so a
+    worker's resident memory would creep up to the sum of its runs' peaks: one study of
+    small networks on 1,000 images climbed past 3 GB. ``malloc_trim`` returns them."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    elif _TRIM is not None:
+        _TRIM(0)
 
 
 def cuda_peak(device: torch.device) -> int | None:

@@ -224,8 +224,7 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
         state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     peak = cuda_peak(device)
     del model, net, optimizer, scheduler, train_split, scored
-    if status == "oom":
-        release_memory(device)
+    release_memory(device)
     seconds["total"] = time.perf_counter() - t_start
     ok = status == "ok" and evaluation is not None
     return TrainResult(
