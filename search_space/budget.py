@@ -1,23 +1,24 @@
-"""The parameter budget: widths are solved, not sampled (SPEC §3).
+"""The parameter budget: widths are solved, not sampled (001 compares schemes at
+equal parameters, 001 Table 3; 004 Table 3 does the same for RKCNN).
 
-A network's parameter count is a polynomial of degree two in its stage
-widths (convolutions are ``c_in * c_out * k^2``, BatchNorm and biases are
-linear, a dense RKCNN unit's input is a multiple of k). We recover that
-polynomial exactly from a handful of ``device="meta"`` builds, then score
-every candidate width vector at once with numpy instead of building
-thousands of networks.
+The solver scores every candidate width vector near the nominal pattern at
+once with the exact count of :class:`search_space.param_count.ParamCounter`
+(read off probe builds of the network itself, milliseconds per spec) and picks
+the one closest to the pattern that meets the budget.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 import models
 from models.measure import count_params as _count_module_params
 from models.spec import ArchSpec, SpecError
+
+from .param_count import ParamCounter
 
 WIDTH_MULTIPLE = 8        # channels: widths snap to multiples of 8 (tensor-core friendly)
 MAX_WIDTH = 512           # channels
@@ -38,90 +39,9 @@ def count_params(spec: ArchSpec) -> int:
     return _count_module_params(models.build(spec, device="meta"))
 
 
-def _monomials(w: np.ndarray) -> np.ndarray:
-    """Degree-<=2 monomials of the width vectors ``w`` (rows), columns fixed order."""
-    n = w.shape[1]
-    cols = [np.ones(len(w))] + [w[:, i] for i in range(n)]
-    cols += [w[:, i] * w[:, j] for i in range(n) for j in range(i, n)]
-    return np.stack(cols, axis=1)
-
-
-@dataclass(frozen=True)
-class ParamPolynomial:
-    """Exact parameter count as a function of the stage widths, one quadratic
-    per *signature*: whether each stage is wider, as wide or narrower than the
-    one before decides which modules exist (a transition only where the shape
-    changes, a projection shortcut only when narrowing), so the count is
-    quadratic piece by piece."""
-
-    spec: ArchSpec
-    pieces: dict
-
-    def __call__(self, widths: np.ndarray) -> np.ndarray:
-        w = np.atleast_2d(widths).astype(np.float64)
-        sig = _signatures(self.spec, w)
-        out = np.empty(len(w))
-        for key in {tuple(r) for r in sig.tolist()}:
-            rows = (sig == np.array(key)).all(1)
-            if key not in self.pieces:
-                self.pieces[key] = _fit_piece(self.spec, key)
-            out[rows] = _monomials(w[rows]) @ self.pieces[key]
-        return out
-
-
-def _signatures(spec: ArchSpec, w: np.ndarray) -> np.ndarray:
-    prev = np.full((len(w), 1), spec.stem_width) if spec.stem_width else w[:, :1]
-    return np.sign(w - np.concatenate([prev, w[:, :-1]], axis=1)).astype(int)
-
-
-def _points(spec: ArchSpec, key: tuple, count: int, rng) -> np.ndarray:
-    """Random width vectors (multiples of 8) with the given signature."""
-    narrowing = sum(1 for sgn in key if sgn < 0)
-    pts = []
-    for _ in range(1000 * count):
-        if spec.stem_width:
-            prev = spec.stem_width
-        else:  # start wide enough that every narrowing step (at most 3 x 8) stays positive
-            prev = int(rng.integers(12, 20) + 3 * narrowing) * WIDTH_MULTIPLE
-        row = []
-        for sgn in key:
-            c = prev + sgn * int(rng.integers(1, 4)) * WIDTH_MULTIPLE
-            if c < WIDTH_MULTIPLE:
-                break
-            row.append(c)
-            prev = c
-        else:
-            pts.append(row)
-            if len(pts) == count:
-                return np.array(pts)
-    raise RuntimeError(f"no widths of {spec.name!r} follow the width pattern {key} "
-                       f"(stem width {spec.stem_width})")
-
-
-def _fit_piece(spec: ArchSpec, key: tuple) -> np.ndarray:
-    """Fit one quadratic from meta builds and check it on fresh points (exact
-    integers), so a count that is not quadratic is caught rather than trusted."""
-    n = len(spec.stages)
-    m = 1 + n + n * (n + 1) // 2
-    rng = np.random.default_rng(0)
-    pts = _points(spec, key, m + 4, rng)
-    y = np.array([count_params(spec.with_widths(p.tolist())) for p in pts], dtype=np.float64)
-    # min-norm least squares: where a signature ties widths the monomials are
-    # dependent, but any solution is exact on the tied subspace we evaluate
-    coef, *_ = np.linalg.lstsq(_monomials(pts.astype(np.float64)), y, rcond=None)
-    for p in _points(spec, key, 2, rng):
-        exact = count_params(spec.with_widths(p.tolist()))
-        fit = float((_monomials(p[None].astype(np.float64)) @ coef)[0])
-        if abs(fit - exact) > 0.5:
-            raise RuntimeError(f"parameter count of {spec.name!r} is not quadratic in the widths "
-                               f"(at {p.tolist()}: fit {fit:.1f}, exact {exact})")
-    return coef
-
-
-def fit_param_polynomial(spec: ArchSpec) -> ParamPolynomial:
-    """The parameter count of ``spec`` as a function of its stage widths."""
-    return ParamPolynomial(spec, {})
-
+# --------------------------------------------------------------------------
+# the solver
+# --------------------------------------------------------------------------
 
 def _nominal_ratios(spec: ArchSpec) -> np.ndarray:
     """The usual width pattern: doubling at each downsampling for ResNet-style
@@ -132,6 +52,21 @@ def _nominal_ratios(spec: ArchSpec) -> np.ndarray:
             r *= 2
         out.append(r)
     return np.array(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _candidates(ratios: tuple[float, ...], max_width: int) -> np.ndarray:
+    """Width vectors (channels) near the nominal pattern at every scale: each
+    stage within ``_DEVIATION`` steps of ``base * ratio``, no duplicates."""
+    steps = max_width // WIDTH_MULTIPLE
+    base = np.round(np.arange(1, steps + 1)[:, None] * np.array(ratios)[None, :]).astype(np.int64)
+    dev = np.array(list(itertools.product(range(-_DEVIATION, _DEVIATION + 1), repeat=len(ratios))))
+    cand = (base[:, None, :] + dev[None, :, :]).reshape(-1, len(ratios))
+    cand = cand[(cand >= 1).all(1) & (cand <= steps).all(1)]
+    key = cand @ (steps + 1) ** np.arange(len(ratios))[::-1]   # rows as numbers: unique in 1-D
+    out = cand[np.unique(key, return_index=True)[1]] * WIDTH_MULTIPLE
+    out.setflags(write=False)
+    return out
 
 
 def solve_widths(spec: ArchSpec, budget: int, tolerance: float = DEFAULT_TOLERANCE,
@@ -149,15 +84,9 @@ def solve_widths(spec: ArchSpec, budget: int, tolerance: float = DEFAULT_TOLERAN
     if not 0 < tolerance < 1:
         raise SpecError(f"tolerance: must lie in (0, 1), got {tolerance}")
     spec = spec.validate()
-    poly = fit_param_polynomial(spec)
     ratios = _nominal_ratios(spec)
-    steps = max_width // WIDTH_MULTIPLE
-    base = np.arange(1, steps + 1)[:, None] * WIDTH_MULTIPLE * ratios[None, :]          # (B, n)
-    base = np.round(base / WIDTH_MULTIPLE)
-    dev = np.array(list(itertools.product(range(-_DEVIATION, _DEVIATION + 1), repeat=len(ratios))))
-    cand = (base[:, None, :] + dev[None, :, :]).reshape(-1, len(ratios))
-    cand = np.unique(cand[(cand >= 1).all(1) & (cand <= steps).all(1)], axis=0) * WIDTH_MULTIPLE
-    counts = np.round(poly(cand))
+    cand = _candidates(tuple(ratios.tolist()), max_width)
+    counts = ParamCounter(spec)(cand)
     rel = np.abs(counts - budget) / budget
     ok = rel <= tolerance
     if not ok.any():

@@ -1,9 +1,14 @@
-"""Tests of models/measure.py: hand-counted peaks, batch independence, MACs."""
+"""Tests of models/measure.py: hand-counted peaks, batch independence, MACs,
+and the meta-device step agreeing with a CPU run byte for byte."""
+
+import random
 
 import pytest
 import torch
 import torch.nn as nn
 
+import models
+from models import presets
 from models.measure import (
     MemoryTracker,
     count_macs,
@@ -12,6 +17,8 @@ from models.measure import (
     measure,
     peak_memory,
 )
+from models.spec import subnets_per_block
+from search_space import BudgetError, sample_spec, solve_widths
 
 F32 = 4
 C, H, W = 8, 8, 8          # toy activation: C x H x W floats per image
@@ -192,3 +199,86 @@ def test_cuda_tracker_matches_cpu_and_allocator_peak():
     peak = cuda_peak_bytes(gpu, batch=2)
     assert peak is not None and peak >= 2 * cpu_inf
     assert measure(gpu)["cuda_peak_bytes"] is not None
+
+
+class SeenDevice(Freed):
+    """Freed, noting the device each forward runs on."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.device.type)
+        return super().forward(x)
+
+
+class NeedsValues(SeenDevice):
+    """Reads a value in its forward, which a meta tensor does not have."""
+
+    def forward(self, x):
+        self.seen.append(x.device.type)
+        return super().forward(x) * float(x.abs().sum() > 0)
+
+
+def test_default_step_runs_on_meta_and_falls_back_to_the_model_device():
+    net = SeenDevice()
+    assert peak_memory(net, IN) == X_BYTES + 2 * A    # the hand count, without computing anything
+    assert net.seen == ["meta"]
+    needs = NeedsValues()
+    assert peak_memory(needs, IN) == peak_memory(needs, IN, device="cpu")
+    assert needs.seen[-1] == "cpu"
+    with pytest.raises(RuntimeError, match="meta"):
+        peak_memory(NeedsValues(), IN, device="meta")   # asked for meta explicitly: no fallback
+
+
+def _one_preset_per_kind() -> list[str]:
+    """The smallest preset of each kind of network (family, schemes, forms,
+    nesting, step mode, stochastic depth), from the registry."""
+    kinds = {}
+    for name in presets.names():
+        spec = presets.get(name)
+        kind = (spec.transition, spec.head, tuple((s.scheme, s.form, s.depth, s.step.mode, s.stochastic_depth,
+                                                   s.downsample) for s in spec.stages))
+        size = sum((s.blocks * subnets_per_block(s.scheme, s.depth) + s.rk_stages) * s.width ** 2
+                   for s in spec.stages)  # about the parameters: the smallest is the fastest to run
+        kinds.setdefault(kind, []).append((size, name))
+    return [min(names)[1] for names in kinds.values()]
+
+
+class _Trial:
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+
+    def suggest_categorical(self, name, choices):
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name, low, high):
+        return self.rng.randint(low, high)
+
+
+def _sampled(count: int) -> list:
+    """Sampled specs at 100k parameters (other tableaux, narrowing stages' projections)."""
+    out, seed = [], 0
+    while len(out) < count:
+        try:
+            out.append(solve_widths(sample_spec(_Trial(seed)), 100_000, tolerance=0.1))
+        except BudgetError:
+            pass
+        seed += 1
+    three = next(s for s in map(sample_spec, map(_Trial, range(1000)))
+                 if len(s.stages) == 3 and not s.stages[0].is_rkcnn)
+    return out + [three.with_widths([48, 32, 16])]
+
+
+@pytest.mark.parametrize("spec", [presets.get(n) for n in _one_preset_per_kind()] + _sampled(4),
+                         ids=lambda spec: spec.name if spec.name != "sampled" else models.describe(spec))
+def test_meta_step_equals_a_cpu_run_byte_for_byte(spec):
+    """The meta step (kernels computed and remembered) gives exactly the CPU
+    figure, in both modes, stochastic depth's drops included."""
+    net = models.build(spec)
+    shape = (3, 8, 8)  # the figures' equality does not hang on the resolution; 8px keeps CPU runs short
+    for mode in ("inference", "training"):
+        cpu = peak_memory(net, shape, mode=mode, device="cpu")
+        assert peak_memory(net, shape, mode=mode, device="meta") == cpu, mode
+        assert peak_memory(net, shape, mode=mode, device="meta") == cpu, mode + ", kernels remembered"
