@@ -180,9 +180,10 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
         trial.set_user_attr("duplicate_of", twin.number)
         values = (float(twin.values[0]), float(twin.values[1]))
         return Prepared(trial, spec, values[1], values, time.perf_counter() - t0)
-    # on the CPU: the tracked figures are the same on any device, and a worker on a GPU runs this
-    # while the device trains the previous trial (the allocator's peak comes from the proxy itself)
-    m = measure(models.build(spec), (spec.in_channels, spec.image_size, spec.image_size))
+    # on the meta device: the tracked figures are exact there and nothing is allocated, and a
+    # worker on a GPU runs this while the device trains the previous trial (the allocator's
+    # peak comes from the proxy itself)
+    m = measure(models.build(spec, device="meta"), (spec.in_channels, spec.image_size, spec.image_size))
     if not preset and not within_budget(m["params"], cfg.budget, cfg.tolerance):
         raise Infeasible(f"solved widths give {m['params']:,} params, outside {cfg.tolerance:.0%} of "
                          f"{cfg.budget:,}", abs(m["params"] - cfg.budget) / cfg.budget - cfg.tolerance)

@@ -170,9 +170,7 @@ def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say,
         torch.save(r.state_dict, tmp)
         tmp.replace(weights)
         entry["weights_path"] = str(weights)
-        net = models.build(spec)
-        net.load_state_dict(r.state_dict)
-        m = measure(net, (spec.in_channels, spec.image_size, spec.image_size))
+        m = measure(models.build(spec, device="meta"), (spec.in_channels, spec.image_size, spec.image_size))
         entry.update(params=int(m["params"]), inference_bytes_per_image=int(m["inference_bytes_per_image"]),
                      training_bytes_per_image=int(m["training_bytes_per_image"]))
     (folder / "result.json").write_text(json.dumps({**entry, "history": r.history}, indent=2, default=str) + "\n")

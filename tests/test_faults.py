@@ -9,6 +9,7 @@ missing; sizes a user can type are bounded before anything is created.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import sqlite3
@@ -239,6 +240,23 @@ def test_presets_into_a_closed_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} search.py presets | head -1", shell=True, cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert p.stdout.count("\n") == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_describe_of_a_huge_spec_allocates_nothing(tmp_path):
+    """A valid spec whose real build and batch-2 steps would need gigabytes is described on the
+    meta device: the figures come back, the process stays small."""
+    import resource
+    spec = {"stages": [{"scheme": "rk4", "blocks": 2, "width": 512}], "image_size": 512}
+    f = tmp_path / "huge.json"
+    f.write_text(json.dumps(spec))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    p = subprocess.run([sys.executable, "search.py", "describe", str(f), "--compact"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["training_bytes_per_image"] > 4 * 2**30          # a real step at batch 2 would hold > 8 GB
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak < 2 * 2**20 or peak <= before, peak               # KiB: under 2 GB resident
 
 
 def test_spec_files_that_are_not_specs_name_the_file(tmp_path):
