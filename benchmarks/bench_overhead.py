@@ -37,7 +37,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -56,23 +55,10 @@ import models  # noqa: E402
 from models import measure as measure_now  # noqa: E402
 from search_space import budget as budget_now  # noqa: E402
 from search_space import param_count  # noqa: E402
-from search_space import parse_budget, sample_spec  # noqa: E402
+from search_space import RandomTrial, parse_budget, sample_spec  # noqa: E402
 
 OLD_COMMIT = "b9013d4"  # issue 10's "today": a quadratic fit per width signature from meta builds
 PARTS = ("sample", "solve", "build", "measure", "storage")  # a trial's CPU work, in order
-
-
-class SeededTrial:
-    """Stands in for an Optuna trial (``--no-storage``)."""
-
-    def __init__(self, seed: int):
-        self.rng = random.Random(seed)
-
-    def suggest_categorical(self, name, choices):
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name, low, high):
-        return self.rng.randint(low, high)
 
 
 def _git(*args: str) -> str:
@@ -156,7 +142,7 @@ def run(args) -> list[dict]:
             ask_s = time.perf_counter() - t
             spec, row["sample_s"] = _timed(sample_spec, trial)
         else:
-            spec, row["sample_s"] = _timed(sample_spec, SeededTrial(args.seed + i))
+            spec, row["sample_s"] = _timed(sample_spec, RandomTrial(args.seed + i))
         specs.append(spec)
         row["architecture"] = models.describe(spec)
         _clear_solver_caches()

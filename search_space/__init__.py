@@ -9,7 +9,7 @@ May import: ``models``, numpy. Never optuna (a trial is duck-typed),
 """
 from .budget import (DEFAULT_TOLERANCE, BudgetError, count_params, parse_budget, solve_widths,
                      within_budget)
-from .sampling import param_range, sample_spec
+from .sampling import RandomTrial, param_range, sample_spec
 
-__all__ = ["BudgetError", "DEFAULT_TOLERANCE", "count_params", "param_range", "parse_budget", "sample_spec", "solve_widths",
+__all__ = ["BudgetError", "RandomTrial", "DEFAULT_TOLERANCE", "count_params", "param_range", "parse_budget", "sample_spec", "solve_widths",
            "within_budget"]

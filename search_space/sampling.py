@@ -17,6 +17,7 @@ registered preset is a point of the space (``tests/test_presets.py``).
 """
 from __future__ import annotations
 
+import random
 from dataclasses import fields, replace
 from typing import Protocol
 
@@ -55,6 +56,23 @@ RKCNN_STEPS = (1, 2)         # r time-steps per period (003; 004 uses 1)
 class TrialLike(Protocol):
     def suggest_categorical(self, name: str, choices): ...
     def suggest_int(self, name: str, low: int, high: int): ...
+
+
+class RandomTrial:
+    """Answers :func:`sample_spec`'s questions uniformly at random, seeded: the space
+    sampled without a study (tests, benchmarks). ``params`` records the answers."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.params: dict = {}
+
+    def suggest_categorical(self, name: str, choices):
+        self.params[name] = self.rng.choice(list(choices))
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int):
+        self.params[name] = self.rng.randint(low, high)
+        return self.params[name]
 
 
 def _sample_resnet_stage(trial: TrialLike, i: int) -> StageSpec:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -47,20 +46,6 @@ def one_line_error(rc: int, err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    d = tmp_path_factory.mktemp("home")
-    old, threads = os.environ.get("STACKNAS_HOME"), torch.get_num_threads()
-    os.environ["STACKNAS_HOME"] = str(d)
-    torch.set_num_threads(1)
-    yield d
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("STACKNAS_HOME", None)
-    else:
-        os.environ["STACKNAS_HOME"] = old
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Tests of models/measure.py: hand-counted peaks, batch independence, MACs,
 and the meta-device step agreeing with a CPU run byte for byte."""
 
-import random
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from models.measure import (
     peak_memory,
 )
 from models.spec import subnets_per_block
-from search_space import BudgetError, sample_spec, solve_widths
+from search_space import BudgetError, RandomTrial, sample_spec, solve_widths
 
 F32 = 4
 C, H, W = 8, 8, 8          # toy activation: C x H x W floats per image
@@ -246,27 +245,16 @@ def _one_preset_per_kind() -> list[str]:
     return [min(names)[1] for names in kinds.values()]
 
 
-class _Trial:
-    def __init__(self, seed):
-        self.rng = random.Random(seed)
-
-    def suggest_categorical(self, name, choices):
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name, low, high):
-        return self.rng.randint(low, high)
-
-
 def _sampled(count: int) -> list:
     """Sampled specs at 100k parameters (other tableaux, narrowing stages' projections)."""
     out, seed = [], 0
     while len(out) < count:
         try:
-            out.append(solve_widths(sample_spec(_Trial(seed)), 100_000, tolerance=0.1))
+            out.append(solve_widths(sample_spec(RandomTrial(seed)), 100_000, tolerance=0.1))
         except BudgetError:
             pass
         seed += 1
-    three = next(s for s in map(sample_spec, map(_Trial, range(1000)))
+    three = next(s for s in map(sample_spec, map(RandomTrial, range(1000)))
                  if len(s.stages) == 3 and not s.stages[0].is_rkcnn)
     return out + [three.with_widths([48, 32, 16])]
 

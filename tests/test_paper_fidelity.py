@@ -10,7 +10,6 @@
 * Each family starts from its authors' initialisation.
 """
 import copy
-import random
 
 import pytest
 import torch
@@ -27,20 +26,7 @@ from models.blocks import (
     RKBlock,
     Shortcut,
 )
-from search_space import sample_spec
-
-
-class RandomTrial:
-    """Answers ``sample_spec``'s questions at random (no Optuna needed)."""
-
-    def __init__(self, seed):
-        self.rng = random.Random(seed)
-
-    def suggest_categorical(self, name, choices):
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name, low, high):
-        return self.rng.randint(low, high)
+from search_space import RandomTrial, sample_spec
 
 
 def _depth(block) -> int:

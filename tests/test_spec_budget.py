@@ -1,6 +1,5 @@
 """ArchSpec validation, the exact parameter count and the width solver (widths
 solved to a budget, so that schemes compare at equal parameters as in 001 Table 3)."""
-import dataclasses
 import json
 import random
 
@@ -8,7 +7,7 @@ import pytest
 
 import models
 from models import ArchSpec, SpecError, StageSpec, StepSpec, presets
-from search_space import BudgetError, count_params, parse_budget, sample_spec, solve_widths
+from search_space import BudgetError, RandomTrial, count_params, parse_budget, sample_spec, solve_widths
 from search_space.param_count import ParamCounter
 
 
@@ -49,22 +48,6 @@ def test_json_round_trip():
                     survival_last=0.8, seed=7)
     assert ArchSpec.from_json(spec.to_json()) == spec
     assert json.loads(spec.to_json())["stages"][1]["scheme"] == "lm"
-
-
-class RandomTrial:
-    """Stands in for an Optuna trial: search_space never needs Optuna."""
-
-    def __init__(self, seed):
-        self.rng = random.Random(seed)
-        self.params = {}
-
-    def suggest_categorical(self, name, choices):
-        self.params[name] = self.rng.choice(list(choices))
-        return self.params[name]
-
-    def suggest_int(self, name, low, high):
-        self.params[name] = self.rng.randint(low, high)
-        return self.params[name]
 
 
 @pytest.mark.parametrize("seed", range(6))

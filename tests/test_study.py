@@ -27,23 +27,6 @@ TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-ima
         "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """STACKNAS_HOME for the module: default databases, runs/ and results/ go there."""
-    import torch
-
-    d = tmp_path_factory.mktemp("studies")
-    old, threads = os.environ.get("STACKNAS_HOME"), torch.get_num_threads()
-    os.environ["STACKNAS_HOME"] = str(d)
-    torch.set_num_threads(1)     # tiny networks: one thread is faster than two fighting
-    yield d
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("STACKNAS_HOME", None)
-    else:
-        os.environ["STACKNAS_HOME"] = old
-
-
 def cli(*argv: str) -> tuple[int, str, str]:
     import io
     from contextlib import redirect_stderr, redirect_stdout
