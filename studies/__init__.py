@@ -17,7 +17,7 @@ their defaults), ``storage`` (data home, URLs, the storage opened once,
 claims), ``objective`` (one trial), ``worker`` (taking trials, the worker
 loop, worker processes), ``promotion`` (multi-fidelity), ``launch`` (``run``),
 ``retrain``, ``results`` (merged records, tables, the one summary every command
-prints), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table``
+prints), ``pareto`` (non-dominated sorting, crowding, hypervolume, Kendall's tau), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table``
 (its table), ``export``.
 
 May import: ``models``, ``search_space``, ``trainers``, optuna, pandas, plotly.
