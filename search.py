@@ -221,7 +221,7 @@ def cmd_show(args) -> None:
     study = studies.open_study(args.study, args.storage)
     merged = studies.trials_with_results(study)
     table = studies.trials_table(study, merged)
-    df = table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False) if args.pareto else table
+    df = studies.results.front(table) if args.pareto else table
     if args.csv:
         df.to_csv(args.csv)
     stats = studies.results.summary(study, table, merged)

@@ -11,5 +11,5 @@ from .budget import (DEFAULT_TOLERANCE, BudgetError, count_params, parse_budget,
                      within_budget)
 from .sampling import RandomTrial, param_range, sample_spec
 
-__all__ = ["BudgetError", "RandomTrial", "DEFAULT_TOLERANCE", "count_params", "param_range", "parse_budget", "sample_spec", "solve_widths",
-           "within_budget"]
+__all__ = ["BudgetError", "DEFAULT_TOLERANCE", "RandomTrial", "count_params", "param_range", "parse_budget",
+           "sample_spec", "solve_widths", "within_budget"]

@@ -17,8 +17,9 @@ their defaults), ``storage`` (data home, URLs, the storage opened once,
 claims), ``objective`` (one trial), ``worker`` (taking trials, the worker
 loop, worker processes), ``promotion`` (multi-fidelity), ``launch`` (``run``),
 ``retrain``, ``results`` (merged records, tables, the one summary every command
-prints), ``pareto`` (non-dominated sorting, crowding, hypervolume, Kendall's tau), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table``
-(its table), ``export``.
+prints), ``pareto`` (non-dominated sorting, crowding, hypervolume, Kendall's
+tau), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table`` (its
+table), ``export``.
 
 May import: ``models``, ``search_space``, ``trainers``, optuna, pandas, plotly.
 Study databases and results live in the data home (``./studies-data`` or
@@ -33,7 +34,7 @@ from .config import RunOptions, StudySettings
 from .dashboard import dashboard
 from .export import export
 from .launch import run
-from .results import (crowding_distance, distinct, fidelity_results, hypervolume, kendall_tau, lineage_counts,
+from .results import (crowding_distance, distinct, fidelity_results, front, hypervolume, kendall_tau, lineage_counts,
                       memory_key, nondominated_ranks, pareto_mask, pareto_numbers, pareto_set, rank_for_promotion,
                       retrain_results, spec_of, summary, summary_lines, trials_table, trials_with_results)
 from .retrain import retrain
@@ -62,5 +63,5 @@ def show(study: str, storage: str | None = None, *, pareto: bool = False) -> pd.
     with storage_errors(resolve_url(study, storage)):
         table = trials_table(st)
     if pareto:
-        return table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+        return front(table)
     return table

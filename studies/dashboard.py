@@ -38,8 +38,8 @@ import models
 
 from . import figures
 from .objective import scheme_label
-from .results import (budget_text, counts_text, hypervolume_history, scored, spec_of, summary, trials_table,
-                      trials_with_results)
+from .results import (budget_text, counts_text, finite, first_line, hypervolume_history, scored, spec_of, summary,
+                      trials_table, trials_with_results)
 from .sortable_table import SORTER_JS, TABLE_CSS, table_html
 from .storage import data_home, default_url, open_existing, redact_url, resolve_url, storage_errors
 
@@ -59,24 +59,11 @@ FRONT_RULE = ("The front compares each network at the <b>highest proxy rung it r
 # reading a study (studies.results does the work; this shapes it for the page)
 # --------------------------------------------------------------------------
 
-def _num(v):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _missing(v) -> bool:
     try:
         return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
     except TypeError:
         return False
-
-
-def _first_line(text) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def trials_frame(study, merged=None, table: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -108,25 +95,25 @@ def trials_frame(study, merged=None, table: pd.DataFrame | None = None) -> pd.Da
         if spec is not None:
             scheme = scheme or scheme_label(spec)
             arch = arch or models.describe(spec)
-        inf_b, tr_b, mem = (_num(r.get(k)) for k in ("inference_bytes_per_image", "training_bytes_per_image",
+        inf_b, tr_b, mem = (finite(r.get(k)) for k in ("inference_bytes_per_image", "training_bytes_per_image",
                                                        "memory"))
         rungs = ", ".join(f"{c.split('@')[1]} ep {100 * r[c]:.2f}%" for c in fid_cols if r.get(c) is not None)
         rows.append(dict(
             number=int(r["number"]), state=r["state"], scheme=scheme or "", architecture=arch or "",
             family=figures.dominant_family(spec, scheme or ""),
             preset=r.get("preset") or "", is_preset=bool(r.get("preset")),
-            accuracy=_num(r.get("val_accuracy")), retrain_accuracy=_num(r.get("retrain_test_accuracy")),
-            retrain_protocol=r.get("retrain_protocol"), retrain_epochs=_num(t.user_attrs.get("retrain_epochs")),
+            accuracy=finite(r.get("val_accuracy")), retrain_accuracy=finite(r.get("retrain_test_accuracy")),
+            retrain_protocol=r.get("retrain_protocol"), retrain_epochs=finite(t.user_attrs.get("retrain_epochs")),
             memory_bytes=mem, memory_mib=None if mem is None else mem / _MIB,
             inference_mib=None if inf_b is None else inf_b / _MIB,
             training_mib=None if tr_b is None else tr_b / _MIB,
-            params=_num(r.get("params")), macs=_num(r.get("macs")),
-            proxy_epochs=_num(r.get("proxy_epochs")), proxy_seconds=_num(r.get("proxy_seconds")), rungs=rungs,
+            params=finite(r.get("params")), macs=finite(r.get("macs")),
+            proxy_epochs=finite(r.get("proxy_epochs")), proxy_seconds=finite(r.get("proxy_seconds")), rungs=rungs,
             device=r.get("device"), has_weights=bool(r.get("weights_path")), weights_path=r.get("weights_path"),
             pareto=bool(r.get("pareto")),
             duplicate_of=None if r.get("duplicate_of") is None else int(r["duplicate_of"]),
             duplicates=", ".join(str(n) for n in twins.get(int(r["number"]), [])),
-            fail_reason=_first_line(r.get("fail_reason") or t.user_attrs.get("retrain_reason") or ""),
+            fail_reason=first_line(r.get("fail_reason") or t.user_attrs.get("retrain_reason") or ""),
         ))
     cols = ["number", "state", "scheme", "architecture", "family", "preset", "is_preset", "accuracy",
             "retrain_accuracy", "retrain_protocol", "retrain_epochs", "memory_bytes", "memory_mib", "inference_mib",
@@ -171,7 +158,7 @@ def _points(fig) -> int:
             continue
         xs = list(t.x) if t.x is not None else []
         ys = list(t.y) if t.y is not None else []
-        n += sum(1 for x, y in zip(xs, ys) if _num(x) is not None and _num(y) is not None)
+        n += sum(1 for x, y in zip(xs, ys) if finite(x) is not None and finite(y) is not None)
     return n
 
 
@@ -215,8 +202,8 @@ def build_dashboard(study, storage_url: str | None = None) -> tuple[str, dict]:
     both = done[done["retrain_accuracy"].notna()]
     mem_kind = str(stats["memory"])
     attrs = study.user_attrs
-    budget = _num(attrs.get("budget"))
-    tolerance = _num(attrs.get("tolerance"))
+    budget = finite(attrs.get("budget"))
+    tolerance = finite(attrs.get("tolerance"))
     tau = stats["kendall_tau_proxy_vs_retrain"]
     info = {
         **stats,

@@ -39,7 +39,7 @@ from models import ArchSpec, SpecError
 
 from .config import StudySettings
 from .objective import load_data
-from .results import _finite, pareto_numbers, trials_with_results
+from .results import finite, first_line, pareto_numbers, plural, trials_with_results
 from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
 __all__ = ["BEST_RULE", "FILES", "export", "export_trial", "find_weights", "select_trial"]
@@ -74,10 +74,10 @@ def select_trial(study, number: int | None = None):
         t = match[0]
         if t.state.name == "FAIL":
             why = t.user_attrs.get("fail_reason") or "no reason recorded"
-            raise ValueError(f"trial {number} of study {name!r} failed ({_one_line(why)}); nothing to export")
+            raise ValueError(f"trial {number} of study {name!r} failed ({first_line(why)}); nothing to export")
         if t.state.name == "PRUNED":
             why = t.user_attrs.get("fail_reason") or "no reason recorded"
-            raise ValueError(f"trial {number} of study {name!r} was pruned ({_one_line(why)}); nothing to export")
+            raise ValueError(f"trial {number} of study {name!r} was pruned ({first_line(why)}); nothing to export")
         if t.state.name != "COMPLETE":
             raise ValueError(f"trial {number} of study {name!r} is {t.state.name.lower()}, not complete; "
                              f"wait for it to finish")
@@ -88,7 +88,7 @@ def select_trial(study, number: int | None = None):
         raise ValueError(f"study {name!r} has no completed trials yet; nothing to export")
 
     def validation(t):
-        acc = _finite(t.user_attrs.get("val_accuracy"))
+        acc = finite(t.user_attrs.get("val_accuracy"))
         return (acc if acc is not None else -math.inf, -t.number)
 
     retrained = [t for t in front if t.user_attrs.get("retrain_status") == "ok" and t.user_attrs.get("weights_path")]
@@ -97,11 +97,6 @@ def select_trial(study, number: int | None = None):
                                                 f"{len(front)} trials retrained)")
     return max(front, key=validation), (f"best: the highest validation accuracy on the Pareto front "
                                         f"(none of its {len(front)} trials retrained yet)")
-
-
-def _one_line(text) -> str:
-    text = str(text).strip().splitlines()
-    return text[0] if text else ""
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +114,7 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
     raw = a.get("weights_path")
     if not raw:
         if a.get("retrain_status") not in (None, "ok"):
-            why = _one_line(a.get("retrain_reason") or a["retrain_status"])
+            why = first_line(a.get("retrain_reason") or a["retrain_status"])
             raise ValueError(f"trial {trial.number}'s retrain did not finish ({why}); run `search.py retrain` "
                              f"again (export never writes an untrained network)")
         raise ValueError(f"trial {trial.number} has no trained weights; run `search.py retrain` on the study "
@@ -139,7 +134,7 @@ def _load_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file
-        raise ValueError(f"cannot read weights {path}: {_one_line(e) or type(e).__name__}") from None
+        raise ValueError(f"cannot read weights {path}: {first_line(e) or type(e).__name__}") from None
     for key in ("model", "state_dict", "model_state_dict"):  # a checkpoint rather than a bare state_dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -217,7 +212,7 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     try:
         spec = ArchSpec.from_json(a["spec"] if isinstance(a["spec"], str) else json.dumps(a["spec"]))
     except SpecError as e:
-        raise ValueError(f"trial {trial.number}'s spec is invalid: {_one_line(e)}") from None
+        raise ValueError(f"trial {trial.number}'s spec is invalid: {first_line(e)}") from None
     weights_file = find_weights(trial, storage_url)
     state = _load_state_dict(weights_file)
     data = _training_data(study, trial)
@@ -230,7 +225,7 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"weights {weights_file} do not fit trial {trial.number}'s spec: "
-                         f"{_one_line(e)}") from None
+                         f"{first_line(e)}") from None
     net = net.to(dev).eval()
     model = Preprocessed(net, data["mean"], data["std"]).to(dev).eval()
     gen = torch.Generator().manual_seed(0)
@@ -298,25 +293,20 @@ def export(study: str, out: str | Path, *, trial: int | None = None, storage: st
 # --------------------------------------------------------------------------
 
 def _pct(v) -> str:
-    v = _finite(v)
+    v = finite(v)
     if v is None:
         return "–"
     return f"{v * 100:.2f}%" if abs(v) <= 1.0 else f"{v:.2f}%"
 
 
 def _bytes(v) -> str:
-    v = _finite(v)
+    v = finite(v)
     return "–" if v is None else f"{v / 2**20:.3f} MiB ({int(v):,} bytes)"
 
 
 def _int(v) -> str:
-    v = _finite(v)
+    v = finite(v)
     return "–" if v is None else f"{int(v):,}"
-
-
-def _epochs(n) -> str:
-    n = int(n)
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 USAGE = """\
@@ -338,7 +328,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
     proxy = _pct(a.get("val_accuracy") if a.get("val_accuracy") is not None else
                  (trial.values[0] if trial.values else None))
     epochs = a.get("proxy_epochs")
-    retrained = _finite(a.get("retrain_test_accuracy"))
+    retrained = finite(a.get("retrain_test_accuracy"))
     size = spec.image_size
     stage_rows = "\n".join(
         f"| {i} | {s['name']} | {s['scheme']} | {s['blocks']} | {s['depth']} | "
@@ -350,7 +340,7 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
                   "CIFAR-10; these weights classify nothing real" if synthetic else
                   f"{data.get('name') or 'CIFAR-10'} ({len(data['classes'])} classes)")
     protocol = a.get("retrain_protocol")
-    how = (f"retrained with the `{protocol}` protocol for {_epochs(a['retrain_epochs'])}" if protocol and
+    how = (f"retrained with the `{protocol}` protocol for {plural(int(a['retrain_epochs']), 'epoch')}" if protocol and
            a.get("retrain_epochs") else "weights from the retrain")
     lines = [
         f"# {arch}",
@@ -394,12 +384,14 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         f"| training memory (one step, per image) | {_bytes(a.get('training_bytes_per_image'))} |",
         f"| study budget / memory objective | {_int(study.user_attrs.get('budget'))} params / {mem} |",
         f"| proxy validation accuracy | {proxy}"
-        + (f" after {_epochs(epochs)}" if _finite(epochs) is not None else "")
+        + (f" after {plural(int(epochs), 'epoch')}" if finite(epochs) is not None else "")
         + (f" on {a['device']}" if a.get("device") else "") + " |",
-        *(f"| validation accuracy after {_epochs(e)} | {_pct(v)} |" for e, v in fidelities if len(fidelities) > 1),
+        *(f"| validation accuracy after {plural(int(e), 'epoch')} | {_pct(v)} |"
+          for e, v in fidelities if len(fidelities) > 1),
         "| retrained test accuracy | "
         + (f"{_pct(retrained)} (protocol `{protocol or '?'}`"
-           + (f", {_epochs(a['retrain_epochs'])}" if a.get("retrain_epochs") else "") + ")" if retrained is not None
+           + (f", {plural(int(a['retrain_epochs']), 'epoch')}" if a.get("retrain_epochs") else "") + ")"
+           if retrained is not None
            else "not retrained: these weights come from the proxy training") + " |",
         "",
         "Validation accuracy is top-1 on a split held out of the training images, and it alone chose this",

@@ -18,7 +18,7 @@ from search_space import count_params, param_range, parse_budget
 
 from .config import RunOptions, StudySettings, check_resume
 from .objective import load_data, worker_name
-from .results import lineage_counts, summary, write_results
+from .results import lineage_counts, write_results
 from .storage import (Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path,
                       storage_errors)
 from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
@@ -103,18 +103,6 @@ def _names(store: Store) -> list[str]:
     return [s.study_name for s in store.storage.get_all_studies()]
 
 
-def _stored_settings(opts: RunOptions, url: str) -> StudySettings | None:
-    """The settings of the study being resumed, or None for a new one (nothing is created)."""
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    store = open_store(opts.study, opts.storage)
-    try:
-        return StudySettings.load(store.study()) if opts.study in _names(store) else None
-    finally:
-        store.close()
-
-
 def run(study: str, trials: int, *, say=print, **options) -> dict:
     """Create or resume ``study`` and run it until it holds ``trials`` finished trial
     lineages and every due promotion is done; returns the lineage counts, ``summary``
@@ -139,13 +127,19 @@ def _run(opts: RunOptions, say) -> dict:
     check_url(url, create=True)
     _check_reach(opts)
     device = _check_device(opts.device or default_device())
-    stored = _stored_settings(opts, url)
-    data = stored.data if stored else None if opts.synthetic else {"kind": "cifar10", "root": opts.data or "data"}
-    if data is not None and data.get("kind") != "synthetic":
-        # once, before the study is touched: a clear error, and K workers do not download it K times
-        load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
-    store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
+    path = sqlite_path(url)
+    # a study being resumed is opened now (its stored data decides what to load); a new SQLite
+    # file is created only once the data is there
+    store = None if path is not None and not path.exists() else open_store(opts.study, opts.storage,
+                                                                           owner=worker_name())
     try:
+        stored = StudySettings.load(store.study()) if store is not None and opts.study in _names(store) else None
+        data = stored.data if stored else None if opts.synthetic else {"kind": "cifar10", "root": opts.data or "data"}
+        if data is not None and data.get("kind") != "synthetic":
+            # once, before the study is touched: a clear error, and K workers do not download it K times
+            load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
+        if store is None:
+            store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
         with store.claims.lock(f"setup:{opts.study}"):
             # one launcher at a time sets the study up: settings (and their uid), presets, target
             _create_or_resume(opts, store, device, say)
@@ -167,7 +161,9 @@ def _run(opts: RunOptions, say) -> dict:
             bar.close()
         study_obj = store.study()
         counts = lineage_counts(study_obj.get_trials(deepcopy=False))
-        counts.update(results=str(write_results(study_obj)), storage=store.url, summary=summary(study_obj))
+        out, stats = write_results(study_obj)
+        counts.update(results=str(out), storage=store.url, summary=stats)
         return counts
     finally:
-        store.close()
+        if store is not None:
+            store.close()

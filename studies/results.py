@@ -39,10 +39,11 @@ from .pareto import (crowding_distance, hypervolume, kendall_tau, nondominated_r
                      rank_for_promotion)
 from .storage import data_home
 
-__all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "hypervolume",
-           "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key", "nondominated_ranks", "pareto_mask",
-           "pareto_numbers", "pareto_set", "rank_for_promotion", "results_dir", "retrain_results", "scored", "spec_of",
-           "summary", "summary_lines", "trials_table", "trials_with_results", "write_results"]
+__all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "finite", "first_line",
+           "front", "hypervolume", "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key",
+           "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "plural", "rank_for_promotion",
+           "results_dir", "retrain_results", "scored", "spec_of", "summary", "summary_lines", "trials_table",
+           "trials_with_results", "write_results"]
 
 FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
 RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
@@ -86,12 +87,19 @@ def retrain_results(study_attrs: dict) -> dict[int, list[dict]]:
     return out
 
 
-def _finite(v) -> float | None:
+def finite(v) -> float | None:
+    """``v`` as a float, or None when it is missing, not a number or not finite."""
     try:
         v = float(v)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def first_line(text) -> str:
+    """The first line of a stored reason or message (tables and cards show one line)."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def trials_with_results(study, trials=None) -> list:
@@ -131,7 +139,7 @@ def trials_with_results(study, trials=None) -> list:
                 ua[f"promotion_reason@{e}"] = r.get("reason") or r.get("status")
         accs = {}
         for k, v in ua.items():
-            if k.startswith("val_accuracy@") and _finite(v) is not None:
+            if k.startswith("val_accuracy@") and finite(v) is not None:
                 try:
                     accs[int(k.split("@")[1])] = float(v)
                 except ValueError:
@@ -186,16 +194,16 @@ def trials_table(study, merged=None) -> pd.DataFrame:
     rows = []
     for t in merged:
         a = t.user_attrs
-        acc, mem = _finite(a.get("val_accuracy")), _finite(a.get(mkey))
+        acc, mem = finite(a.get("val_accuracy")), finite(a.get(mkey))
         if t.state == TrialState.COMPLETE and t.values and len(t.values) == 2:
             # a study made by other means (no user attrs) still has its two objective values
-            acc = _finite(t.values[0]) if acc is None else acc
-            mem = _finite(t.values[1]) if mem is None else mem
+            acc = finite(t.values[0]) if acc is None else acc
+            mem = finite(t.values[1]) if mem is None else mem
         row = {
             "number": t.number, "state": t.state.name, "status": a.get("status"),
             "val_accuracy": acc, "memory": mem,
             "params": a.get("params"), "macs": a.get("macs"), "architecture": a.get("architecture"),
-            "proxy_epochs": a.get("proxy_epochs"), "retrain_test_accuracy": _finite(a.get("retrain_test_accuracy")),
+            "proxy_epochs": a.get("proxy_epochs"), "retrain_test_accuracy": finite(a.get("retrain_test_accuracy")),
             "preset": a.get("preset"), "fail_reason": a.get("fail_reason"),
             "inference_bytes_per_image": a.get("inference_bytes_per_image"),
             "training_bytes_per_image": a.get("training_bytes_per_image"),
@@ -209,7 +217,7 @@ def trials_table(study, merged=None) -> pd.DataFrame:
         }
         for k, v in a.items():
             if k.startswith("val_accuracy@"):
-                row[k] = _finite(v)
+                row[k] = finite(v)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -232,12 +240,16 @@ def trials_table(study, merged=None) -> pd.DataFrame:
     return df.set_index("number").sort_index()
 
 
+def front(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`trials_table` on the Pareto front, most accurate first."""
+    return table[table["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+
+
 def pareto_set(study, merged=None) -> pd.DataFrame:
     """The rows of :func:`trials_table` on the Pareto front (COMPLETE trials,
     longest-fidelity accuracy vs the memory objective), most accurate first.
     ``merged`` as in :func:`trials_table`."""
-    df = trials_table(study, merged)
-    return df[df["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+    return front(trials_table(study, merged))
 
 
 def pareto_numbers(study, merged=None) -> set[int]:
@@ -326,7 +338,7 @@ def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     done = scored(table)
     dups = table[table["duplicate_of"].notna() & (table["state"] == "COMPLETE")]
-    front = done[done["pareto"].astype(bool)].sort_values("val_accuracy", ascending=False)
+    on_front = front(done)
     rt = done[done["retrain_test_accuracy"].notna()]
     tau = kendall_tau(rt["val_accuracy"], rt["retrain_test_accuracy"]) if len(rt) >= 2 else math.nan
     epochs = done["proxy_epochs"].dropna().astype(int)
@@ -337,7 +349,7 @@ def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
         "networks": int(len(done)),
         "duplicates": [int(n) for n in dups.index],
         "fidelities": {int(e): int(c) for e, c in sorted(epochs.value_counts().items())},
-        "pareto": [int(n) for n in front.index],
+        "pareto": [int(n) for n in on_front.index],
         "hypervolume_normalized": hypervolume(done["val_accuracy"], done["memory"], normalize=True) if len(done)
         else 0.0,
         "retrained": int(len(rt)),
@@ -345,7 +357,8 @@ def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
     }
 
 
-def _plural(n: int, word: str, words: str | None = None) -> str:
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 epoch``, ``3 epochs``."""
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
@@ -354,28 +367,28 @@ def counts_text(s: dict) -> str:
     ``12 trials: 7 networks scored (5 at 1 epoch, 2 at 3 epochs), 1 duplicate, 3 pruned, 1 failed``."""
     c = s["trials"]
     dups = len(s["duplicates"])
-    fid = ", ".join(f"{n} at {_plural(e, 'epoch')}" for e, n in s["fidelities"].items())
-    parts = [_plural(s["networks"], "network") + " scored" + (f" ({fid})" if fid else "")]
+    fid = ", ".join(f"{n} at {plural(e, 'epoch')}" for e, n in s["fidelities"].items())
+    parts = [plural(s["networks"], "network") + " scored" + (f" ({fid})" if fid else "")]
     if dups:
-        parts.append(_plural(dups, "duplicate") + " of an earlier network")
+        parts.append(plural(dups, "duplicate") + " of an earlier network")
     unscored = c.get("COMPLETE", 0) - s["networks"] - dups         # complete, but without accuracy or memory
     if unscored > 0:
         parts.append(f"{unscored} complete without scores")
     parts += [f"{c[k]} {w}" for k, w in (("PRUNED", "pruned"), ("FAIL", "failed"), ("RUNNING", "running"),
                                           ("WAITING", "waiting")) if c.get(k)]
-    return f"{_plural(c['total'], 'trial')}: " + ", ".join(parts)
+    return f"{plural(c['total'], 'trial')}: " + ", ".join(parts)
 
 
 def summary_lines(s: dict) -> list[str]:
     """A :func:`summary` as the sentences ``show`` and ``retrain`` print (unwrapped)."""
     n = len(s["pareto"])
-    front = (f"Pareto front: {_plural(n, 'network')} (val. accuracy at the highest proxy rung each reached "
+    front = (f"Pareto front: {plural(n, 'network')} (val. accuracy at the highest proxy rung each reached "
              f"vs {s['memory']} memory per image); hypervolume {s['hypervolume_normalized']:.4f}")
     tau = s["kendall_tau_proxy_vs_retrain"]
     if tau is not None:
         front += f"; Kendall's tau {tau:+.3f} (proxy vs retrained accuracy, {s['retrained']} networks)"
     elif s["retrained"]:
-        front += f"; Kendall's tau n/a ({_plural(s['retrained'], 'network')} retrained, needs 2)"
+        front += f"; Kendall's tau n/a ({plural(s['retrained'], 'network')} retrained, needs 2)"
     return [f"study {s['study']!r}: {counts_text(s)}", front]
 
 
@@ -396,10 +409,10 @@ def results_dir(name: str) -> Path:
     return data_home() / "results" / name
 
 
-def write_results(study: optuna.Study) -> Path:
+def write_results(study: optuna.Study) -> tuple[Path, dict]:
     """``results/NAME/trials.csv`` (the show table, all columns) and ``summary.json``
-    (:func:`summary` and the study's settings) in the data home; rewritten by every
-    ``run`` and ``retrain``."""
+    (:func:`summary` and the study's settings) in the data home, rewritten by every
+    ``run`` and ``retrain``; returns the folder and the summary."""
     out = results_dir(study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     df = trials_table(study)
@@ -407,4 +420,4 @@ def write_results(study: optuna.Study) -> Path:
     s = summary(study, df)
     s["settings"] = {k: v for k, v in study.user_attrs.items() if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))}
     (out / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
-    return out
+    return out, s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import ctypes.util
 import gc
 import math
@@ -170,8 +171,11 @@ def cuda_peak(device: torch.device) -> int | None:
 
 
 # ----------------------------------------------------------------------------- provenance
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the repository holding this file, or None (not a checkout, no git, no commits)."""
+    """HEAD of the repository holding this file, or None (not a checkout, no git, no commits).
+    Read once per process: the code that runs is the code imported at its start, and every
+    proxy run records it (a ``git`` subprocess per trial would sit on the trial's path)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)

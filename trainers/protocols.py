@@ -79,7 +79,8 @@ _CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),
             "schedule": ("onecycle", "multistep")}
 # (kind, lowest, highest) of every numeric knob: a value outside would make every run fail
 _RANGES = {
-    "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, float("inf")),   # huge is allowed: tests use it to force divergence
+    # a huge lr is allowed: it is how a test forces a run to diverge
+    "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, float("inf")),
     "warmup_frac": (float, 0.0, 1.0), "final_lr_frac": (float, 0.0, 1.0), "gamma": (float, 0.0, 1.0),
     "momentum": (float, 0.0, 0.999), "weight_decay": (float, 0.0, 1.0), "label_smoothing": (float, 0.0, 0.99),
     "crop_pad": (int, 0, 64), "autoaugment_chunk": (int, 1, 65_536), "eval_batch_size": (int, 1, 65_536),
