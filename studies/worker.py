@@ -215,8 +215,8 @@ def _work(opts: RunOptions, say, bar) -> dict:
     # The heartbeat interval is a stored setting, so the storage is opened twice: once to
     # read the settings, once with heartbeats for the running trials.
     probe = open_store(opts.study, opts.storage)
-    cfg = StudySettings.load(probe.study())
-    existing = len(probe.study().get_trials(deepcopy=False))
+    stored = probe.study()
+    cfg, existing = StudySettings.load(stored), len(stored.get_trials(deepcopy=False))
     probe.close()
     store = open_store(opts.study, opts.storage, heartbeat=cfg.heartbeat_interval, max_retry=cfg.max_retry,
                        owner=worker_name())
