@@ -115,7 +115,10 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     the train and eval graphs before training, timed apart as
     ``seconds["compile"]`` (off by default: every trial is a different
     architecture, and compiling a deep multi-stage network takes tens of
-    seconds, comparable with the proxy it would speed up).
+    seconds, comparable with the proxy it would speed up). Under stochastic
+    depth it helps little: the drop decision is a graph break, each block is
+    recompiled for its dropped and kept variants, and a deep network reaches
+    dynamo's recompile limit and runs those blocks eagerly.
     An unreadable checkpoint is set aside (renamed beside it) and the run
     starts from scratch, saying so through ``say`` and in ``notes``.
     ``on_epoch_end(epoch, entry)`` runs after each epoch's checkpoint is on
@@ -134,7 +137,6 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     if cuda:
         torch.backends.cudnn.benchmark = not deterministic     # fixed batch shape: autotuning pays off
         torch.backends.cudnn.deterministic = deterministic
-        torch.cuda.reset_peak_memory_stats(device)
     identity = {"protocol": protocol, "seed": seed, "hparams": jsonable(hp)}
 
     status, reason, phase = "ok", "", "setup"
@@ -150,6 +152,10 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
             seed_everything(seed)
             train_split = _training_split(data, hp["train_on"]).to(device)
             scored = (data.val if hp["score_on"] == "val" else data.test).to(device)
+            if cuda:
+                # after the data reached the device: the peak is the run's own (model, optimiser,
+                # activations), not the ~150 MB of uint8 images every run holds
+                torch.cuda.reset_peak_memory_stats(device)
             norm = Normalizer(data.mean, data.std, device)
             model = make_model().to(device, memory_format=torch.channels_last if channels_last
                                     else torch.contiguous_format)
@@ -247,8 +253,17 @@ def _training_split(data: Dataset, train_on: str) -> Split:
 
 
 # ----------------------------------------------------------------------------- optimiser, schedule
-def _make_optimizer(model: nn.Module, hp: dict) -> torch.optim.SGD:
-    """SGD; weight decay on all parameters, or (``decay_1d`` false) only on those with ndim >= 2."""
+def _make_optimizer(model: nn.Module, hp: dict, fused: bool | None = None) -> torch.optim.SGD:
+    """SGD; weight decay on all parameters, or (``decay_1d`` false) only on those with ndim >= 2.
+
+    ``fused`` (default: when the parameters live on CUDA) runs one fused kernel per step.
+    torch's fused SGD needs a momentum buffer for all of the parameters it updates or for
+    none, and a block that stochastic depth dropped on the first step has no gradient, so no
+    buffer, when a later step reaches it ("expected Tensor as element N ... got NoneType").
+    Every parameter therefore gets a zero buffer up front: with dampening 0 the first update
+    ``buf = momentum * 0 + g`` is SGD's own ``buf = g``, so the steps are plain SGD's. A
+    parameter without a gradient is still skipped (no decay, no momentum), as in plain SGD.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if hp["decay_1d"]:
         groups = [{"params": params, "weight_decay": hp["weight_decay"]}]
@@ -256,9 +271,14 @@ def _make_optimizer(model: nn.Module, hp: dict) -> torch.optim.SGD:
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": hp["weight_decay"]},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-    fused = bool(params) and params[0].is_cuda          # one fused kernel per step on CUDA
-    return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"],
-                           fused=fused or None)
+    if fused is None:
+        fused = bool(params) and params[0].is_cuda
+    optimizer = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=hp["nesterov"],
+                                fused=fused or None)
+    if hp["momentum"]:
+        for p in params:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def _lr_factor(step: int, hp: dict, steps_per_epoch: int, total_steps: int) -> float:
