@@ -58,28 +58,53 @@ def _write_error(path: Path, e: BaseException) -> OSError:
 
 
 def load(path: str | Path, device: torch.device) -> dict:
-    """The checkpoint at ``path`` on ``device`` (tensors only: ``weights_only``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """The checkpoint at ``path`` (tensors only: ``weights_only``): the model, optimiser and
+    scheduler states on ``device``, the RNG states on the CPU.
+
+    The file is read onto the CPU first: ``torch.set_rng_state`` and
+    ``torch.cuda.set_rng_state_all`` accept only CPU byte tensors, so loading with
+    ``map_location=device`` made every resume on a GPU fail ("RNG state must be a
+    torch.ByteTensor")."""
+    return _on_device(_read(path), device)
+
+
+def _read(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _on_device(state: dict, device: torch.device) -> dict:
+    """``state`` with every tensor outside ``"rng"`` moved to ``device``."""
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(move(v) for v in x)
+        return x
+    return {k: v if k == "rng" else move(v) for k, v in state.items()}
 
 
 _NEEDED = ("format", "epoch", "model", "optimizer", "scheduler", "rng", "history")
 
 
 def load_or_set_aside(path: Path, device: torch.device) -> tuple[dict | None, str | None]:
-    """``(state, None)`` for a readable checkpoint; for an unreadable one (truncated, zeroed,
-    overwritten: a disk hiccup, a kill during a copy) ``(None, note)``: the file is renamed
-    to ``NAME.unreadable-<UTC time>`` beside it, kept for inspection, and the run restarts."""
+    """``(state, None)`` for a readable checkpoint (as :func:`load` gives it); for an unreadable
+    one (truncated, zeroed, overwritten: a disk hiccup, a kill during a copy) ``(None, note)``:
+    the file is renamed to ``NAME.unreadable-<UTC time>`` beside it, kept for inspection, and
+    the run restarts. Only reading can set a file aside: running out of device memory while
+    moving a readable checkpoint there raises."""
     try:
-        state = load(path, device)
+        state = _read(path)
         if not isinstance(state, dict) or not all(k in state for k in _NEEDED):
             raise ValueError("not a checkpoint of this trainer")
-        return state, None
     except Exception as e:  # noqa: BLE001 - PytorchStreamReader errors, UnpicklingError, EOFError, ...
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         aside = path.with_name(f"{path.name}.unreadable-{stamp}")
         os.replace(path, aside)
         return None, f"checkpoint {path} is unreadable ({why}); set aside as {aside.name}, starting from scratch"
+    return _on_device(state, device), None
 
 
 def check_compatible(state: dict, identity: dict, path: Path) -> None:
