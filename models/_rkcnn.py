@@ -44,7 +44,7 @@ VARIANTS = ("e", "i", "r")
 __all__ = [
     "VARIANTS", "PAPER_PARAM_ROWS", "BottleneckUnit", "RKCNNStep", "RKCNNPeriod",
     "ChannelAttention", "RKCNNTransition", "MultiscaleHead",
-    "init_rkcnn_weights",
+    "init_rkcnn_module", "init_rkcnn_weights",
 ]
 
 # Published parameter counts (millions, as printed) of the CIFAR/SVHN RKCNNs of 004.
@@ -73,25 +73,34 @@ PAPER_PARAM_ROWS: tuple[dict, ...] = (
 )
 
 
-def init_rkcnn_weights(module: nn.Module) -> None:
-    """The authors' initialisation (004 §4.1.2; ZhuMai/RKCNN): He-normal (fan-in)
-    convolutions, BN weight 1 / bias 0, Xavier-uniform Linear weights with zero bias.
-    Meta tensors (builds that only count parameters) are left alone: their init costs
-    most of such a build's time and has no values to set."""
-    for m in module.modules():
-        if any(p.is_meta for p in m.parameters(recurse=False)):
-            continue
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
-            nn.init.ones_(m.weight)
+def init_rkcnn_module(m: nn.Module, generator: torch.Generator | None = None) -> bool:
+    """The authors' initialisation (004 §4.1.2; ZhuMai/RKCNN) of one module's own tensors:
+    He-normal (fan-in) convolutions, BN weight 1 / bias 0, Xavier-uniform Linear weights
+    with zero bias; draws come from ``generator`` (torch's global one when None). True if
+    ``m`` is a kind this sets."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in", nonlinearity="relu", generator=generator)
+        if m.bias is not None:
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight, generator=generator)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    else:
+        return False
+    return True
+
+
+def init_rkcnn_weights(module: nn.Module) -> None:
+    """:func:`init_rkcnn_module` on every module of ``module`` (a period, transition or head
+    made on its own). Meta tensors (builds that only count parameters) are left alone: their
+    init costs most of such a build's time and has no values to set."""
+    for m in module.modules():
+        if not any(p.is_meta for p in m.parameters(recurse=False)):
+            init_rkcnn_module(m)
 
 
 def _check_variant(variant: str) -> str:

@@ -22,14 +22,39 @@ the inference peak is then what the scheme itself keeps (001 Table 2).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .schemes import ButcherTableau, get_tableau
 from .spec import STEP_BOUNDS
+
+
+_DRAWS = threading.local()    # .generator: where this thread's stochastic-depth draws come from
+
+
+def dropped(p: float) -> bool:
+    """Whether stochastic depth (002 §3) drops a block with drop probability ``p`` this time.
+
+    The draw comes from torch's global generator, which the trainer seeds per epoch, unless
+    this thread runs under :func:`private_draws`: a measurement in a worker's preparing
+    thread must not take numbers from the stream the training thread is using."""
+    return bool(torch.rand((), generator=getattr(_DRAWS, "generator", None)) < p)
+
+
+@contextlib.contextmanager
+def private_draws(generator: torch.Generator) -> Iterator[torch.Generator]:
+    """Within the block, stochastic depth in this thread draws from ``generator`` only."""
+    before = getattr(_DRAWS, "generator", None)
+    _DRAWS.generator = generator
+    try:
+        yield generator
+    finally:
+        _DRAWS.generator = before
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -112,7 +137,13 @@ class LearnableStep(nn.Module):
         init = float(init)
         if not math.isfinite(init):
             raise ValueError(f"learnable step init must be a finite number, got {init}")
+        self.init = init
         self.h = nn.Parameter(torch.tensor(init))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """``h`` back to its initial value (draws nothing; ``generator`` for a uniform call)."""
+        with torch.no_grad():
+            self.h.fill_(self.init)
 
     def forward(self) -> torch.Tensor:
         return self.h
@@ -178,7 +209,7 @@ class _SchemeBlock(nn.Module):
 
     def forward_from(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The block's output for input ``x`` whose identity branch is ``s``."""
-        if self.drop_prob and self.training and torch.rand(()) < self.drop_prob:
+        if self.drop_prob and self.training and dropped(self.drop_prob):
             return s
         update = self.increment(x, s)
         if self.drop_prob and not self.training:
@@ -357,11 +388,17 @@ class LMStage(nn.Module):
         self.first = first
         self.subnets = nn.ModuleList(subnets)
         self._fixed_step, self.step = _step_module(step)
-        k = torch.empty(len(subnets)).uniform_(-0.1, 0.0, generator=generator)
-        self.k = nn.Parameter(k)
+        self.k = nn.Parameter(torch.empty(len(subnets)))
+        self.reset_parameters(generator)
         self.drop_probs = list(drop_probs) if drop_probs is not None else [0.0] * len(subnets)
         if len(self.drop_probs) != len(subnets):
             raise ValueError("one drop probability per LM block is needed")
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """``k_n`` from ``U[-0.1, 0]`` (002 §4), drawn from ``generator`` (torch's global one
+        when None); the sub-networks and steps are set on their own."""
+        with torch.no_grad():
+            self.k.uniform_(-0.1, 0.0, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self._fixed_step if self.step is None else self.step()
@@ -372,7 +409,7 @@ class LMStage(nn.Module):
             prev, u = x, self.first(x)
         for n, f in enumerate(self.subnets):
             p = self.drop_probs[n]
-            if p and self.training and torch.rand(()) < p:
+            if p and self.training and dropped(p):
                 update = None
             else:
                 update = h * f(u)

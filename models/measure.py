@@ -2,8 +2,8 @@
 
 These are the search's cost objectives (memory as 001 Table 2 compares the
 schemes).  Everything here works on any device, CPU included; nothing in this
-module mutates the model it is given (mode, BN running statistics, ``.grad``
-and the global RNG are restored).
+module mutates the model it is given (mode, BN running statistics and ``.grad``
+are restored) or draws from torch's global generator.
 
 Public API
 ----------
@@ -56,9 +56,12 @@ Memory counting conventions
 * Per-image figures are ``peak // batch`` at batch 2 (BN in train mode needs
   more than one image).  The batch-independent overhead (BN statistics,
   logits, loss) is a fraction of a percent of the total for conv nets.
-* Stochastic layers (stochastic depth, dropout) run under a fixed seed inside
-  ``torch.random.fork_rng``, so the figure is deterministic and the caller's
-  RNG stream is untouched.
+* Random draws (the input batch, stochastic depth's decisions) come from a
+  private generator seeded with 0 (:func:`models.blocks.private_draws`), so
+  the figure is deterministic and torch's global generator is never touched:
+  a worker measures the next trial in a thread while the current one trains,
+  and even forking and restoring the global state there changed the training
+  thread's numbers. (Dropout draws on the device; on meta it draws nothing.)
 * Where the step runs: by default on the meta device, through
   ``torch.func.functional_call`` with meta twins of the parameters and
   buffers (shared ones stay shared, ``requires_grad`` kept).  The figure
@@ -69,9 +72,8 @@ Memory counting conventions
   preset of every kind and sampled networks) while computing nothing: a
   tenth to a third of a second for a 1M network on a 2-core CPU, where the
   CPU run took seconds (mostly oneDNN setting up each new convolution shape).
-  The input's random draw is made on the CPU generator as a CPU run makes it,
-  so stochastic depth drops the same blocks (a CUDA run, drawing the input on
-  the GPU, dropped others).  A model that cannot run on meta (it builds CPU
+  The input is drawn on the CPU from the private generator whatever the
+  device, so stochastic depth drops the same blocks on meta, CPU and CUDA.  A model that cannot run on meta (it builds CPU
   tensors in its forward, say) is measured on its own device instead.
 * The garbage collector is paused during the step: no storage can then be
   freed at a moment that depends on earlier allocations.
@@ -92,6 +94,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._tracking import MemoryTracker, MetaKernelsRemembered
+from .blocks import private_draws
 
 __all__ = [
     "MemoryTracker",
@@ -242,16 +245,16 @@ def _tracked_step(model, input_shape, batch, mode, device, count_param_grads) ->
             return model(*args)
     training = mode == "training"
     shape = (batch, *input_shape)
-    with _preserved_state(model, device, training), _gc_paused():
+    with _preserved_state(model, device, training) as gen, _gc_paused():
         tracker = MemoryTracker(ignore=ignore, count_meta=on_meta)
+        # the input is drawn on the CPU on every device, so the decisions that follow agree
+        drawn = torch.randn(shape, dtype=dtype, generator=gen)
 
-        def make_input() -> torch.Tensor:  # under the tracker: the input batch is counted
-            if not on_meta:
-                return torch.randn(shape, dtype=dtype, device=device)
-            return torch.empty(shape, dtype=dtype, device=device)
+        def make_input() -> torch.Tensor:  # under the tracker: the input batch is counted once
+            if on_meta:
+                return torch.empty(shape, dtype=dtype, device=device)
+            return drawn.clone() if device.type == "cpu" else drawn.to(device)
 
-        if on_meta:  # draw the input on the CPU generator as a CPU run does (stochastic depth follows)
-            torch.randn(shape, dtype=dtype)
         try:
             if not training:
                 model.eval()
@@ -323,14 +326,15 @@ def cuda_peak_bytes(
     dtype = _float_dtype(model)
     params = list(model.parameters())
     gc.collect()
-    with _preserved_state(model, device, True), torch.cuda.device(device):
+    with _preserved_state(model, device, True) as gen, torch.cuda.device(device):
         model.train()
         for p in params:
             p.grad = None
+        x = torch.randn((int(batch), *input_shape), dtype=dtype, generator=gen)
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        x = torch.randn((int(batch), *input_shape), dtype=dtype, device=device)
+        x = x.to(device)
         loss = _loss(model(x))
         loss.backward()
         del loss, x
@@ -407,17 +411,16 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _preserved_state(model: nn.Module, device: torch.device, training: bool) -> Iterator[None]:
-    """Restore per-module train flags, buffers (BN stats), ``.grad`` and the RNG."""
+def _preserved_state(model: nn.Module, device: torch.device, training: bool) -> Iterator[torch.Generator]:
+    """Restore per-module train flags, buffers (BN stats) and ``.grad``; yield the private
+    CPU generator, seeded with 0, that this thread's draws come from meanwhile."""
     modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
     grads = [p.grad for p in params]
     buffers = [b.detach().clone() for b in model.buffers()] if training else None
-    rng_devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(0)
-            yield
+        with private_draws(torch.Generator().manual_seed(0)) as gen:
+            yield gen
     finally:
         for m, was_training in modes:
             m.training = was_training

@@ -23,10 +23,12 @@ counted as its first block, as 002's code does.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition, init_rkcnn_weights
+from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition, init_rkcnn_module
 from .blocks import (
     Increment,
     LearnableStep,
@@ -153,36 +155,70 @@ def family(spec: ArchSpec) -> str:
     return "cifar-resnet" if any(s.downsample for s in spec.stages) else "ho-resnet"
 
 
-def _init_ho_resnet(module: nn.Module) -> None:
-    """The HO-ResNet authors' code: ``kaiming_normal_`` with its defaults (fan-in,
-    gain sqrt(2)) on every convolution *and* Linear weight; biases and BN as
-    PyTorch makes them (BN at (1, 0), Linear bias U(+-1/sqrt(fan_in)))."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
+# -- initialisation, every draw from one private generator --------------------------------
+# Each family keeps its authors' code's initialisation (see build). The draws come from a
+# torch.Generator seeded with the spec's seed, never from torch's global generator: a worker
+# builds and measures the next trial in a thread while the current one trains, and a build
+# that seeded (or merely forked and restored) the global generator changed the training
+# thread's random numbers (its stochastic-depth draws, its AutoAugment policies).
+
+def _default_linear(m: nn.Linear, gen: torch.Generator) -> None:
+    """PyTorch's own ``nn.Linear`` initialisation, drawn from ``gen``."""
+    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
+    if m.bias is not None:
+        bound = 1 / math.sqrt(m.in_features) if m.in_features > 0 else 0.0
+        nn.init.uniform_(m.bias, -bound, bound, generator=gen)
 
 
-def _init_cifar_resnet(module: nn.Module) -> None:
-    """002's code (LM-ResNet): convolutions ``N(0, 2/n)`` with ``n = k*k*c_out``
-    (He, fan-out), BN at (1, 0), Linear layers as PyTorch makes them."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
-            m.reset_parameters()
+def _init_ho_resnet(m: nn.Module, gen: torch.Generator) -> bool:
+    """The HO-ResNet authors' code: ``kaiming_normal_`` with its defaults (fan-in, gain
+    sqrt(2)) on every convolution *and* Linear weight; a Linear bias as PyTorch makes it."""
+    if isinstance(m, nn.Linear):
+        _default_linear(m, gen)
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight, generator=gen)
+        return True
+    return False
 
 
-_INIT = {"ho-resnet": _init_ho_resnet, "cifar-resnet": _init_cifar_resnet, "rkcnn": init_rkcnn_weights}
+def _init_cifar_resnet(m: nn.Module, gen: torch.Generator) -> bool:
+    """002's code (LM-ResNet): convolutions ``N(0, 2/n)`` with ``n = k*k*c_out`` (He,
+    fan-out), Linear layers as PyTorch makes them."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
+        return True
+    if isinstance(m, nn.Linear):
+        _default_linear(m, gen)
+        return True
+    return False
+
+
+_INIT = {"ho-resnet": _init_ho_resnet, "cifar-resnet": _init_cifar_resnet, "rkcnn": init_rkcnn_module}
+
+
+def _initialise(net: nn.Module, fam: str, gen: torch.Generator) -> None:
+    """Set every parameter and buffer of a network materialised with ``to_empty``: the
+    family's convolutions and Linear layers, BatchNorm at (1, 0) with fresh running
+    statistics, steps at their initial value, LM's ``k_n``. A module holding tensors that
+    nothing here knows how to set is an error, not garbage weights."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()              # (1, 0) and fresh running statistics; draws nothing
+        elif isinstance(m, (LearnableStep, LMStage)):
+            m.reset_parameters(generator=gen)
+        elif _INIT[fam](m, gen):
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                nn.init.zeros_(m.bias)        # no paper conv has a bias; a zero one changes nothing
+        elif next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None:
+            raise TypeError(f"models.build: no initialisation for {type(m).__name__}")
 
 
 def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Network:
     """Build the network a spec describes (000/001 §4.1, 002 §4, 004 §4.1.2).
-    The same spec always gives the same weights: construction runs under
-    ``torch.manual_seed(spec.seed)`` with the global RNG state restored afterwards.
+    The same spec always gives the same weights: they are drawn from a private
+    generator seeded with ``spec.seed``, and torch's global generator is neither
+    read nor reseeded, so a build in one thread leaves another thread's random
+    numbers alone.
 
     Initialisation: each family keeps the one of its authors' code, since the
     papers' results were obtained with it (:func:`family` says which applies):
@@ -192,7 +228,7 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
     * ``cifar-resnet`` (002 §4 cites He et al. 2015): 002's code, He fan-out
       on convolutions, PyTorch's default FC; LM's ``k_n`` from ``U[-0.1, 0]``;
     * ``rkcnn`` (004 §4.1.2): He fan-in convolutions, Xavier-uniform Linear
-      layers with zero bias (:func:`models._rkcnn.init_rkcnn_weights`).
+      layers with zero bias (:func:`models._rkcnn.init_rkcnn_module`).
 
     The two He variants agree on every 3x3 conv between equal widths; they
     differ on the stem, on convolutions that change width (a 600->120 1x1 conv
@@ -200,14 +236,13 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
 
     ``spec`` may be an :class:`ArchSpec` or its JSON; every stage needs a width
     (see :func:`search_space.solve_widths`). ``device="meta"`` builds without
-    memory, for counting parameters.
+    memory and draws nothing, for counting parameters and measuring.
     """
     if isinstance(spec, str):
         spec = ArchSpec.from_json(spec)
     spec.validate(require_widths=True)
     drops = _drop_probs(spec)
-    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
-        torch.manual_seed(spec.seed)
+    with torch.device("meta"):      # shapes first; the values are set below, from one generator
         stem_width = spec.stem_width or spec.stages[0].width
         stem = conv3x3(spec.in_channels, stem_width)
         stages, c_in = [], stem_width
@@ -217,9 +252,12 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
         channels = [s.width for s in spec.stages] if spec.head == "multiscale" else [spec.stages[-1].width]
         head = MultiscaleHead(channels, spec.num_classes)
         net = Network(spec, stem, stages, head)
-        if torch.device(device or "cpu").type != "meta":  # meta builds only count; init costs most of their time
-            _INIT[family(spec)](net)
-    return net
+    target = torch.device(device or "cpu")
+    if target.type == "meta":
+        return net
+    net = net.to_empty(device="cpu")     # drawn on the CPU: the same weights whatever the device
+    _initialise(net, family(spec), torch.Generator().manual_seed(spec.seed))
+    return net if target.type == "cpu" else net.to(target)
 
 
 _NAMES = {"euler": "Euler", "midpoint": "Midpoint", "rk4": "RK4", "verner8": "RK8", "lm": "LM",

@@ -189,13 +189,17 @@ def test_count_params_and_measure():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tracker_matches_cpu_and_allocator_peak():
+    """The tracked step run on CUDA (not on meta, peak_memory's default) gives the CPU's
+    figure; the allocator's own peak for the same step is at least that."""
     net = small_net()
-    cpu_inf = peak_memory(net, (3, 32, 32), mode="inference")
-    cpu_tr = peak_memory(net, (3, 32, 32), mode="training")
+    cpu_inf = peak_memory(net, (3, 32, 32), mode="inference", device="cpu")
+    cpu_tr = peak_memory(net, (3, 32, 32), mode="training", device="cpu")
     gpu = small_net().cuda()
-    assert peak_memory(gpu, (3, 32, 32), mode="inference") == cpu_inf
-    assert abs(peak_memory(gpu, (3, 32, 32), mode="training") - cpu_tr) / cpu_tr < 0.05
-    peak = cuda_peak_bytes(gpu, batch=2)
+    assert peak_memory(gpu, (3, 32, 32), mode="inference", device="cuda") == cpu_inf
+    # cuDNN may pick kernels that keep other tensors for backward than oneDNN's
+    assert abs(peak_memory(gpu, (3, 32, 32), mode="training", device="cuda") - cpu_tr) / cpu_tr < 0.05
+    assert peak_memory(gpu, (3, 32, 32), mode="inference") == cpu_inf         # meta twins of CUDA weights
+    peak = cuda_peak_bytes(gpu, batch=2, relative=True)
     assert peak is not None and peak >= 2 * cpu_inf
     assert measure(gpu)["cuda_peak_bytes"] is not None
 
