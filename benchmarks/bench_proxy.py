@@ -210,7 +210,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None,
                    help="proxy epochs (default: the proxy's own, "
                         f"{trainers.PROTOCOLS['proxy']['epochs']})")
-    p.add_argument("--compile", action="store_true", help="also run a torch.compile'd proxy trial")
+    p.add_argument("--compile", action="store_true", help="also run a torch.compile'd proxy trial (a model with stochastic "
+                   "depth breaks the graph at each drop decision and recompiles per block)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="proxy batch size override (the learning rate scaled linearly with it)")
     p.add_argument("--baseline-batch-size", type=int, default=128)

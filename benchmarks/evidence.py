@@ -238,7 +238,8 @@ def stage_study(run: Run) -> dict:
     before = run.evidence["stages"].get("study") or {}
     launches = float((before.get("result") or {}).get("launch_seconds") or 0.0)   # earlier calls' share
     opts = dict(storage=run.url, budget=p.budget, tolerance=p.tolerance, proxy_epochs=p.study_epochs, rungs=1,
-                enqueue_presets=[], device=str(run.device), seed=0, progress=not run.args.no_progress)
+                enqueue_presets=[], device=str(run.device), seed=0, progress=not run.args.no_progress,
+                prepare_ahead=p.prepare_ahead)
     opts.update(dict(synthetic=True, synthetic_images=p.train_images, synthetic_image_size=p.image_size)
                 if p.synthetic else dict(data=run.args.data))
     say = tqdm.write                     # lines above the progress bars

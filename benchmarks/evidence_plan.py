@@ -66,6 +66,9 @@ class Plan:
     retrain_max: int = 8               # networks retrained: at most
     stage_minutes: float = 8.5         # the presets, study and retrain stages each stop here (partial, resumable)
     call_minutes: float | None = None  # they also stop this long after the command started (None: no limit)
+    prepare_ahead: bool | None = None  # study workers prepare the next trial in a thread while the device
+                                       # trains (None: on CUDA); results are bitwise the same either way
+                                       # (tests/test_gpu_paths.py), only the wall time changes
 
 
 DEFAULT = Plan()
@@ -75,7 +78,7 @@ SMOKE = Plan(device="cpu", threads=1, synthetic=True, train_images=32, image_siz
              stage_minutes=2.0)
 # what may change between the calls of one chain without making earlier stages stale (a study
 # asked for more trials grows, as `search.py run` with a larger --trials)
-HOW_NOT_WHAT = ("threads", "stage_minutes", "call_minutes", "baseline_workers", "trials")
+HOW_NOT_WHAT = ("threads", "stage_minutes", "call_minutes", "baseline_workers", "trials", "prepare_ahead")
 
 
 def _macs(spec) -> int:
