@@ -2,8 +2,8 @@
 """Neural-architecture search over stacking schemes of residual networks.
 
     python search.py run --study NAME --budget 1.0M --trials N [...]   create or resume a study
-    python search.py retrain --study NAME [--protocol fast]            fully retrain the Pareto set
-    python search.py show --study NAME [--pareto] [--csv FILE]         table of trials
+    python search.py retrain --study NAME [--protocol fast|paper|...]  fully retrain the Pareto set
+    python search.py show --study NAME [--pareto|--retrains] [--csv F] table of trials (or of retrains)
     python search.py dashboard --study NAME [--out FILE.html]          Pareto-front dashboard (HTML)
     python search.py export --study NAME [--trial N | --best] --out DIR  spec, weights, model.pt2, card
     python search.py describe NAME_OR_SPEC_FILE                        params, MACs, memory as JSON
@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
 import shutil
 import sys
@@ -31,11 +32,12 @@ import pandas as pd
 
 import models
 import studies
-import trainers
 from models import ArchSpec, SpecError, presets
 from models.measure import count_macs, count_params, peak_memory
-from studies.config import RunOptions
+from studies.config import RunOptions, json_object
 from studies.export import BEST_RULE
+from studies.retrain import REACH
+from studies.retrain_protocol import PAPER, PAPER_RULE, protocol_epochs, retrain_protocols
 
 
 class UserError(Exception):
@@ -75,6 +77,16 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
                              "$STACKNAS_HOME)")
 
 
+def _accuracy(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"an accuracy is a fraction in (0, 1], e.g. 0.85; got {text!r}")
+    return v
+
+
 def _given(args, *names: str) -> dict:
     return {n: getattr(args, n) for n in names if hasattr(args, n)}
 
@@ -107,6 +119,7 @@ _SHOW = [
     ("val_accuracy", "val acc %", True, lambda v: f"{100 * v:.2f}"),
     ("proxy_epochs", "epochs", True, lambda v: str(int(v))),
     ("retrain_test_accuracy", "test acc %", True, lambda v: f"{100 * v:.2f}"),
+    ("retrain", "retrain", False, str),
     ("memory", "MiB/image", True, lambda v: f"{v / 2 ** 20:.3f}"),
     ("params", "params", True, lambda v: f"{int(v):,}"),
     ("macs", "MMACs", True, lambda v: f"{v / 1e6:,.1f}"),
@@ -115,11 +128,13 @@ _SHOW = [
     ("architecture", "architecture", False, str),
     ("fail_reason", "note", False, lambda v: str(v).strip().splitlines()[0] if str(v).strip() else ""),
 ]
-_DROP_FIRST = ["macs", "params", "preset", "pareto", "proxy_epochs", "fail_reason"]   # when the terminal is narrow
+_DROP_FIRST = ["macs", "params", "preset", "pareto", "proxy_epochs", "retrain", "fail_reason"]   # when narrow
 _FREE = {"architecture": 28, "fail_reason": 16}   # free-text columns: characters each keeps before a column is dropped
 _LEGEND = {"val_accuracy": "val acc %: proxy validation accuracy at the highest rung the trial reached",
            "proxy_epochs": "epochs: that rung's epochs",
-           "retrain_test_accuracy": "test acc %: after the full retrain",
+           "retrain_test_accuracy": "test acc %: after the latest retrain, on the test split",
+           "retrain": "retrain: its protocol and epochs, over the protocol's epochs where it ran fewer "
+                      "(fast 2/40ep: a short run, not the protocol's result)",
            "memory": "MiB/image: {memory} memory, peak live tensors per image",
            "pareto": "front *: on the Pareto front",
            "duplicate": "dup of N: the same network as trial N, not trained again (counted once)"}
@@ -217,7 +232,10 @@ def _print_table(df: pd.DataFrame, memory: str, notes: list[str] = ()) -> None:
 
 def cmd_show(args) -> None:
     """The trials table (or the Pareto set) and the study's summary (counts, front, hypervolume and
-    Kendall's tau over distinct networks, :func:`studies.results.summary`); ``--csv`` writes all columns."""
+    Kendall's tau over distinct networks, :func:`studies.results.summary`); ``--csv`` writes all columns.
+    ``--retrains``: every retrain instead, one row per network and label."""
+    if args.retrains:
+        return _show_retrains(args)
     study = studies.open_study(args.study, args.storage)
     merged = studies.trials_with_results(study)
     table = studies.trials_table(study, merged)
@@ -231,10 +249,48 @@ def cmd_show(args) -> None:
         print(f"table written to {args.csv}")
 
 
+def _show_retrains(args) -> None:
+    """One row per retrain (network and label): protocol and epochs, learning rate, status, test
+    accuracy and the epochs it took to reach each ``--reach`` accuracy (001 Table 4)."""
+    reach = tuple(args.reach)
+    df = studies.retrains(args.study, args.storage, reach=reach)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    if not len(df):
+        print(f"study {args.study!r} has no retrain yet: python search.py retrain --study {args.study}")
+        return
+    cols = [("number", "#", True), ("retrain", "retrain", False), ("lr", "lr", True), ("status", "status", False),
+            ("test_accuracy", "test acc %", True)] + [(f"epochs_to_{100 * a:g}%", f"to {100 * a:g}%", True)
+                                                      for a in reach] + [("architecture", "architecture", False)]
+
+    def cell(key, v):
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            return "-" if key.startswith("epochs_to") else ""
+        if key == "test_accuracy":
+            return f"{100 * v:.2f}"
+        if key.startswith("epochs_to"):
+            return str(int(v))
+        return f"{v:g}" if key == "lr" else str(v)
+
+    rows = [[cell(k, r[k]) for k, _, _ in cols] for _, r in df.iterrows()]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h, _) in enumerate(cols)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if right else c.ljust(w)   # noqa: E731
+                                  for c, w, (_, _, right) in zip(cells, widths, cols)).rstrip()
+    print(fmt([h for _, h, _ in cols]))
+    for row in rows:
+        print(fmt(row))
+    width = shutil.get_terminal_size((120, 24)).columns
+    print(textwrap.fill("retrain: protocol and epochs (2/40ep: 2 of the protocol's 40, a short run) and any "
+                        "override; to N%: the first epoch whose test accuracy reached N% (- : never); every "
+                        "epoch's accuracy is in --csv's test_accuracy_per_epoch", width))
+    if args.csv:
+        print(f"table written to {args.csv}")
+
+
 def cmd_retrain(args) -> None:
     """Retrain, then the retrained networks (a duplicate folded into its twin) and the summary
     ``show`` prints, Kendall's tau over distinct networks included."""
-    kw = _given(args, "protocol", "epochs", "data", "synthetic", "device", "progress")
+    kw = _given(args, "protocol", "epochs", "hparams", "data", "synthetic", "device", "progress")
     studies.retrain(args.study, args.storage, **kw)
     study = studies.open_study(args.study, args.storage)
     merged = studies.trials_with_results(study)
@@ -343,18 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("retrain", help="fully retrain the Pareto front and the papers' presets",
                        description="Train every network on the Pareto front (each trial at the highest proxy rung "
                                    "it reached, the front `show` prints) and every enqueued paper preset under a "
-                                   "protocol, on all training images, and score it on the test split. Each network "
-                                   "is claimed once, so several processes may share the work; a killed retrain "
-                                   "resumes from its checkpoint.")
+                                   "protocol, on all training images, and score it on the test split after every "
+                                   "epoch (`show --retrains` lists them). Each network is claimed once, so several "
+                                   "processes may share the work; a killed retrain resumes from its checkpoint.")
     _study_flags(t)
-    protocols = [k for k in trainers.PROTOCOLS if k != "proxy"]
+    protocols = retrain_protocols()
     t.add_argument("--protocol", choices=protocols, default=argparse.SUPPRESS,
-                   help="training recipe: " + ", ".join(f"{k} ({trainers.protocol_hparams(k)['epochs']} epochs)"
-                                                        for k in protocols)
-                        + f" (default: {_signature_default(studies.retrain, 'protocol')})")
+                   help="training recipe: " + ", ".join(f"{k} ({protocol_epochs(k)} epochs)"
+                                                        for k in protocols if k != PAPER)
+                        + f", or {PAPER}: {PAPER_RULE} (default: "
+                        f"{_signature_default(studies.retrain, 'protocol')})")
     t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, metavar="N",
-                   help="train N epochs instead of the protocol's, e.g. a quick check; the result is stored "
-                        "apart, labelled PROTOCOL-Nep")
+                   help="train N epochs instead of the protocol's, e.g. a quick check (a multistep schedule's "
+                        "milestones scale with it); the result is stored apart, labelled PROTOCOL-Nep, and "
+                        "shown as N/FULLep, never as the protocol's full result")
+    t.add_argument("--hparams", type=json_object, default=argparse.SUPPRESS, metavar="JSON",
+                   help="overrides of the protocol's hyperparameters (trainers.HPARAMS, the same checks as run "
+                        "--proxy-hparams), e.g. '{\"lr\": 0.2}' for 2x the paper learning rate (001 §3.3); "
+                        "stored apart, labelled PROTOCOL+lr=0.2")
     t.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
                    help="folder holding cifar-10-batches-py on this machine (default: the folder stored in the "
                         "study when it was searched); refused for a study searched on synthetic data")
@@ -378,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table, every column, to this CSV file (accuracies as fractions, "
                         "memory in bytes per image)")
+    s.add_argument("--retrains", action="store_true",
+                   help="every retrain instead, one row per network and label: protocol and epochs, overrides, "
+                        "test accuracy and the epochs it took to reach each --reach accuracy (001 Table 4)")
+    s.add_argument("--reach", type=_accuracy, nargs="+", default=list(REACH), metavar="ACC",
+                   help="with --retrains: test accuracies, as fractions, to count the epochs to (default: "
+                        + " ".join(f"{a:g}" for a in REACH) + ")")
     s.set_defaults(func=cmd_show)
 
     d = sub.add_parser("dashboard", help="self-contained HTML dashboard of a study")

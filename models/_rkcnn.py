@@ -44,7 +44,7 @@ VARIANTS = ("e", "i", "r")
 __all__ = [
     "VARIANTS", "PAPER_PARAM_ROWS", "BottleneckUnit", "RKCNNStep", "RKCNNPeriod",
     "ChannelAttention", "RKCNNTransition", "MultiscaleHead",
-    "init_rkcnn_module", "init_rkcnn_weights",
+    "BN_EPS", "BN_MOMENTUM", "init_rkcnn_module", "init_rkcnn_weights", "norm",
 ]
 
 # Published parameter counts (millions, as printed) of the CIFAR/SVHN RKCNNs of 004.
@@ -71,6 +71,19 @@ PAPER_PARAM_ROWS: tuple[dict, ...] = (
     dict(name="rkcnn-r-5_5_5", variant="r", growth=(120, 120, 120), stages=(5, 5, 5), cifar10="5.72", cifar100="5.75", source="004 Table 5"),
     dict(name="rkcnn-r-3_4_4", variant="r", growth=(180, 180, 180), stages=(3, 4, 4), cifar10="8.76", cifar100="8.81", source="004 Table 5"),
 )
+
+
+# BatchNorm as the authors' code makes every one of an RKCNN (ZhuMai/RKCNN,
+# pytorch_models/utils.py: ``nn.BatchNorm2d(dim, eps=0.001, momentum=0.01)``), not
+# PyTorch's defaults (1e-5, 0.1): a slower running average (PyTorch's convention,
+# new = (1 - momentum) * old + momentum * batch) and a larger variance floor.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def norm(channels: int) -> nn.BatchNorm2d:
+    """An RKCNN BatchNorm: ``eps`` :data:`BN_EPS`, ``momentum`` :data:`BN_MOMENTUM` (the authors' code)."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
 def init_rkcnn_module(m: nn.Module, generator: torch.Generator | None = None) -> bool:
@@ -129,11 +142,11 @@ class BottleneckUnit(nn.Sequential):
         layers: list[nn.Module] = []
         c = in_channels
         if width:
-            layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, width, 1, bias=False)]
+            layers += [norm(c), nn.ReLU(), nn.Conv2d(c, width, 1, bias=False)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             c = width
-        layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, out_channels, 3, padding=1, bias=False)]
+        layers += [norm(c), nn.ReLU(), nn.Conv2d(c, out_channels, 3, padding=1, bias=False)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
@@ -215,7 +228,7 @@ class RKCNNPeriod(nn.Module):
         self.in_channels, self.out_channels = in_channels, growth
         self.variant = _check_variant(variant)
         self.project = (nn.Identity() if in_channels == growth else
-                        nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(),
+                        nn.Sequential(norm(in_channels), nn.ReLU(),
                                       nn.Conv2d(in_channels, growth, 1, bias=False)))
         self.steps = nn.ModuleList(RKCNNStep(growth, stages, variant, bottleneck, dropout) for _ in range(steps))
         init_rkcnn_weights(self)
@@ -255,7 +268,7 @@ class RKCNNTransition(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, attention: bool = True,
                  downsample: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.bn = nn.BatchNorm2d(in_channels)
+        self.bn = norm(in_channels)
         self.relu = nn.ReLU()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

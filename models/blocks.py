@@ -373,21 +373,37 @@ class PaperBlock(_SchemeBlock):
 class LMStage(nn.Module):
     """A stage of linear multi-step blocks (LM-ResNet, 002 §2, eq. 5).
 
-    ``u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + F_n(u_n)`` with a learnable
-    scalar ``k_n`` per block, initialised from ``U[-0.1, 0]``. The first block
-    is a plain Euler block and its input serves as ``u_{n-1}`` for the second.
-    When the first block changes shape (it opens a stage at a new width or
-    resolution, as in 002's code), its shortcut of the input plays that role.
+    ``u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + h_n F_n(u_n)`` with a learnable
+    scalar ``k_n`` per block, initialised from ``U[-0.1, 0]``, and the block's
+    step ``h_n``. The first block is a plain Euler block ``u_1 = u_0 + h_0 F_0(u_0)``
+    (``first``, carrying its own step) and its input serves as ``u_{n-1}`` for
+    the second. When the first block changes shape (it opens a stage at a new
+    width or resolution, as in 002's code), its shortcut of the input plays that
+    role.
+
+    ``steps``: one per block after the first, each a float in [0.125, 4] or its
+    own :class:`LearnableStep` (one parameter per block, as every other scheme);
+    a single float applies to all of them. 002 uses ``h = 1``.
 
     Stochastic depth (002 §3) drops only ``F_n(u_n)``; the LM combination is kept.
     """
 
-    def __init__(self, first: nn.Module, subnets: Sequence[nn.Module], step=1.0,
+    def __init__(self, first: nn.Module, subnets: Sequence[nn.Module], steps=1.0,
                  drop_probs: Sequence[float] | None = None, generator: torch.Generator | None = None):
         super().__init__()
         self.first = first
         self.subnets = nn.ModuleList(subnets)
-        self._fixed_step, self.step = _step_module(step)
+        if isinstance(steps, LearnableStep):
+            raise ValueError("an LM stage needs one learnable step per block, not one shared by the stage")
+        if isinstance(steps, (int, float)):
+            steps = [float(steps)] * len(subnets)
+        if len(steps) != len(subnets):
+            raise ValueError(f"one step per LM block is needed: {len(subnets)} blocks, got {len(steps)} steps")
+        fixed_and_learnable = [_step_module(s) for s in steps]
+        self.steps = nn.ModuleList(m for _, m in fixed_and_learnable if m is not None)
+        # per block: its fixed step (a float), or the index of its LearnableStep in self.steps
+        index = iter(range(len(self.steps)))
+        self._h = [v if m is None else next(index) for v, m in fixed_and_learnable]
         self.k = nn.Parameter(torch.empty(len(subnets)))
         self.reset_parameters(generator)
         self.drop_probs = list(drop_probs) if drop_probs is not None else [0.0] * len(subnets)
@@ -400,8 +416,12 @@ class LMStage(nn.Module):
         with torch.no_grad():
             self.k.uniform_(-0.1, 0.0, generator=generator)
 
+    def h(self, n: int):
+        """The step of LM block ``n`` (0-based, after the opening block)."""
+        h = self._h[n]
+        return h if isinstance(h, float) else self.steps[h]()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._fixed_step if self.step is None else self.step()
         if isinstance(self.first, _SchemeBlock):
             prev = self.first.shortcut_of(x)
             u = self.first.forward_from(x, prev)
@@ -412,7 +432,7 @@ class LMStage(nn.Module):
             if p and self.training and dropped(p):
                 update = None
             else:
-                update = h * f(u)
+                update = self.h(n) * f(u)
                 if p and not self.training:
                     update = update * (1.0 - p)
             kn = self.k[n]

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from ._rkcnn import MultiscaleHead, RKCNNPeriod, RKCNNTransition, init_rkcnn_module
+from ._rkcnn import BN_EPS, BN_MOMENTUM, MultiscaleHead, RKCNNPeriod, RKCNNTransition, init_rkcnn_module
 from .blocks import (
     Increment,
     LearnableStep,
@@ -96,10 +96,10 @@ def _rk_block(stage: StageSpec, c_in: int, c: int, depth: int, drop_prob: float 
     return RKBlock(stage.scheme, subnets, _step(stage), drop_prob, shortcut)
 
 
-def _euler_block(c_in: int, c: int, stride: int, drop_prob: float = 0.0) -> RKBlock:
-    """A pre-activation Euler block ``s + F(x)``, opening a stage if the shape changes."""
+def _euler_block(c_in: int, c: int, stride: int, drop_prob: float = 0.0, step=1.0) -> RKBlock:
+    """A pre-activation Euler block ``s + h F(x)``, opening a stage if the shape changes."""
     shortcut = Shortcut(c_in, c, stride) if stride != 1 or c_in != c else None
-    return RKBlock("euler", [PreActSubnet(c_in, c, stride)], 1.0, drop_prob, shortcut)
+    return RKBlock("euler", [PreActSubnet(c_in, c, stride)], step, drop_prob, shortcut)
 
 
 def _drop_probs(spec: ArchSpec) -> list[list[float]]:
@@ -136,9 +136,11 @@ def _stage(spec: ArchSpec, stage: StageSpec, c_in: int, drop: list[float]) -> nn
         return nn.Sequential(*(m for m in (trans, period) if m is not None))
     if stage.scheme == "lm":
         # 002's code: the stage's first block is Euler (the downsampling block
-        # where the shape changes) and counts as the stage's first LM block
-        lm = LMStage(_euler_block(c_in, c, stride, drop[0]), [PreActSubnet(c) for _ in range(stage.blocks - 1)],
-                     _step(stage), drop[1:])
+        # where the shape changes) and counts as the stage's first LM block; like
+        # every block of the stage it runs the stage's step, learnable ones each their own
+        lm = LMStage(_euler_block(c_in, c, stride, drop[0], _step(stage)),
+                     [PreActSubnet(c) for _ in range(stage.blocks - 1)],
+                     [_step(stage) for _ in range(stage.blocks - 1)], drop[1:])
         return nn.Sequential(*(m for m in (trans, lm) if m is not None))
     blocks = [_rk_block(stage, c_in if i == 0 else c, c, stage.depth, p, stride if i == 0 else 1)
               for i, p in enumerate(drop)]
@@ -211,6 +213,9 @@ def _initialise(net: nn.Module, fam: str, gen: torch.Generator) -> None:
                 nn.init.zeros_(m.bias)        # no paper conv has a bias; a zero one changes nothing
         elif next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None:
             raise TypeError(f"models.build: no initialisation for {type(m).__name__}")
+# BatchNorm (eps, momentum) per family, from its authors' code: RKCNN's sets both on every
+# BatchNorm; the HO-ResNet and 002 families keep PyTorch's defaults (1e-5, 0.1)
+_BATCHNORM = {"rkcnn": (BN_EPS, BN_MOMENTUM)}
 
 
 def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Network:
@@ -228,7 +233,8 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
     * ``cifar-resnet`` (002 §4 cites He et al. 2015): 002's code, He fan-out
       on convolutions, PyTorch's default FC; LM's ``k_n`` from ``U[-0.1, 0]``;
     * ``rkcnn`` (004 §4.1.2): He fan-in convolutions, Xavier-uniform Linear
-      layers with zero bias (:func:`models._rkcnn.init_rkcnn_module`).
+      layers with zero bias (:func:`models._rkcnn.init_rkcnn_module`), and
+      every BatchNorm with the authors' ``eps=0.001, momentum=0.01``.
 
     The two He variants agree on every 3x3 conv between equal widths; they
     differ on the stem, on convolutions that change width (a 600->120 1x1 conv
@@ -252,11 +258,16 @@ def build(spec: ArchSpec | str, device: torch.device | str | None = None) -> Net
         channels = [s.width for s in spec.stages] if spec.head == "multiscale" else [spec.stages[-1].width]
         head = MultiscaleHead(channels, spec.num_classes)
         net = Network(spec, stem, stages, head)
+        fam = family(spec)
+        if fam in _BATCHNORM:     # the whole network, its head and any pre-act block included
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps, m.momentum = _BATCHNORM[fam]
     target = torch.device(device or "cpu")
     if target.type == "meta":
         return net
     net = net.to_empty(device="cpu")     # drawn on the CPU: the same weights whatever the device
-    _initialise(net, family(spec), torch.Generator().manual_seed(spec.seed))
+    _initialise(net, fam, torch.Generator().manual_seed(spec.seed))
     return net if target.type == "cpu" else net.to(target)
 
 

@@ -23,7 +23,7 @@ import optuna
 import trainers
 from search_space import DEFAULT_TOLERANCE, parse_budget
 
-__all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "option"]
+__all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "json_object", "option"]
 
 MEMORY_OBJECTIVES = ("inference", "training")
 SETTINGS_FORMAT = 1          # version of the stored settings' layout
@@ -45,7 +45,9 @@ def option(default, help: str, **cli):
     return field(default=default, metadata=meta)
 
 
-def _json_object(text: str) -> dict:
+def json_object(text: str) -> dict:
+    """The argparse type of a JSON-object flag (``run --proxy-hparams``, ``retrain --hparams``):
+    a bad value is argparse's one-line error."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -86,7 +88,7 @@ class RunOptions:
     synthetic_image_size: int = option(16, "with --synthetic: image side (small, so the CPU demo trains fast and "
                                            "in little memory)", type=int, metavar="PIXELS")
     proxy_hparams: dict = option({}, "overrides of the proxy's hyperparameters (trainers.HPARAMS), fixed per "
-                                     "study, e.g. '{\"lr\": 0.2}'", type=_json_object, metavar="JSON")
+                                     "study, e.g. '{\"lr\": 0.2}'", type=json_object, metavar="JSON")
     device: str | None = option(None, "cuda or cpu (default: cuda if available)")
     workers: int = option(1, "worker processes on this machine (one per GPU where there are several)",
                           type=int)

@@ -40,6 +40,7 @@ from models import ArchSpec, SpecError
 from .config import StudySettings
 from .objective import load_data
 from .results import finite, first_line, pareto_numbers, plural, trials_with_results
+from .retrain_protocol import epochs_text
 from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
 __all__ = ["BEST_RULE", "FILES", "export", "export_trial", "find_weights", "select_trial"]
@@ -340,8 +341,9 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
                   "CIFAR-10; these weights classify nothing real" if synthetic else
                   f"{data.get('name') or 'CIFAR-10'} ({len(data['classes'])} classes)")
     protocol = a.get("retrain_protocol")
-    how = (f"retrained with the `{protocol}` protocol for {plural(int(a['retrain_epochs']), 'epoch')}" if protocol and
-           a.get("retrain_epochs") else "weights from the retrain")
+    record = a.get("retrain_record") or {"protocol": protocol, "epochs": a.get("retrain_epochs")}
+    run = f"`{protocol}` protocol, {epochs_text(record)}" if protocol else None   # never "full" for a short run
+    how = f"retrained with the {run}" if run else "weights from the retrain"
     lines = [
         f"# {arch}",
         "",
@@ -389,13 +391,12 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         *(f"| validation accuracy after {plural(int(e), 'epoch')} | {_pct(v)} |"
           for e, v in fidelities if len(fidelities) > 1),
         "| retrained test accuracy | "
-        + (f"{_pct(retrained)} (protocol `{protocol or '?'}`"
-           + (f", {plural(int(a['retrain_epochs']), 'epoch')}" if a.get("retrain_epochs") else "") + ")"
+        + (f"{_pct(retrained)} ({run or 'protocol unknown'})"
            if retrained is not None
            else "not retrained: these weights come from the proxy training") + " |",
         "",
         "Validation accuracy is top-1 on a split held out of the training images, and it alone chose this",
-        "trial; only the full retrain touches the test set, and its accuracy is reported for this trial only.",
+        "trial; only a retrain touches the test set, and its accuracy is reported for this trial only.",
         "",
         "## Files",
         "",

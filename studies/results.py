@@ -37,6 +37,7 @@ from models import ArchSpec
 
 from .pareto import (crowding_distance, hypervolume, kendall_tau, nondominated_ranks, pareto_mask,
                      rank_for_promotion)
+from .retrain_protocol import describe_retrain
 from .storage import data_home
 
 __all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "finite", "first_line",
@@ -111,7 +112,8 @@ def trials_with_results(study, trials=None) -> list:
       ``values[0]`` of a COMPLETE trial is replaced by that accuracy (Optuna's
       stored value, which the sampler learns from, stays the first rung's);
     * ``retrain_test_accuracy``, ``retrain_protocol``, ``retrain_epochs``,
-      ``retrain_status``, ``weights_path`` ... from the latest retrain;
+      ``retrain_status``, ``weights_path`` ... from the latest retrain, and
+      ``retrain_record``, that retrain's whole record;
     * a FAIL trial without a reason (failed by the heartbeat check) gets
       ``status`` "lost" and a ``fail_reason`` naming its retry.
     """
@@ -165,6 +167,7 @@ def trials_with_results(study, trials=None) -> list:
                 "retrain_cuda_peak_bytes": r.get("cuda_peak_bytes"),
                 "weights_path": r.get("weights_path"),
                 "retrain_data": r.get("data"),
+                "retrain_record": r,      # the whole record: label, planned epochs, overrides, per-epoch accuracy
             })
         t.user_attrs = ua
         out.append(t)
@@ -187,7 +190,7 @@ def trials_table(study, merged=None) -> pd.DataFrame:
     (non-dominated front), ``inference_bytes_per_image``,
     ``training_bytes_per_image``, ``cuda_peak_bytes``, ``val_accuracy@E`` per
     fidelity, ``scheme``, ``proxy_seconds``, ``device``, ``retrain_protocol``,
-    ``weights_path``, ``retried_from``, ``duplicate_of``, ``spec``, start/end times.
+    ``retrain`` (the retrain's protocol and epochs, ``fast 2/40ep``), ``weights_path``, ``retried_from``, ``duplicate_of``, ``spec``, start/end times.
     """
     mkey = memory_key(study)
     merged = trials_with_results(study) if merged is None else merged
@@ -211,6 +214,7 @@ def trials_table(study, merged=None) -> pd.DataFrame:
             "scheme": a.get("scheme"), "family": a.get("family"),
             "proxy_seconds": a.get("proxy_seconds"), "device": a.get("device"),
             "retrain_protocol": a.get("retrain_protocol"), "weights_path": a.get("weights_path"),
+            "retrain": describe_retrain(a["retrain_record"], short=True) if a.get("retrain_record") else None,
             "retried_from": t.system_attrs.get("failed_trial"), "duplicate_of": a.get("duplicate_of"),
             "spec": a.get("spec"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,

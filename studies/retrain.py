@@ -1,14 +1,19 @@
 """``retrain``: fully retrain the Pareto set and the enqueued presets.
 
 Per trial, under ``<data home>/runs/NAME/trial_N/LABEL/`` (LABEL = protocol,
-or ``protocol-Eep`` with ``epochs``): ``checkpoint.pt`` (every epoch, atomic;
-a killed retrain resumes from it), then ``weights.pt`` (the final
-``state_dict``), ``spec.json`` and ``result.json``. The result is stored as
-study user attr ``retrain:N:LABEL`` (Optuna cannot change a finished trial);
-:func:`studies.results.trials_with_results` shows it on the trial as
-``retrain_test_accuracy``, ``weights_path``, ... A finished trial is skipped
-on a rerun; several retrain processes may share a study (each trial is
-claimed once).
+``protocol-Eep`` with ``epochs``, then ``+key=value`` per hyperparameter
+override: :func:`studies.retrain_protocol.retrain_label`): ``checkpoint.pt``
+(every epoch, atomic; a killed retrain resumes from it), then ``weights.pt``
+(the final ``state_dict``), ``spec.json`` and ``result.json``. The result,
+with the test accuracy after every epoch, is stored as study user attr
+``retrain:N:LABEL`` (Optuna cannot change a finished trial);
+:func:`studies.results.trials_with_results` shows the latest on the trial as
+``retrain_test_accuracy``, ``weights_path``, ...; :func:`retrain_table` lists
+them all. A finished trial is skipped on a rerun; several retrain processes
+may share a study (each trial is claimed once).
+
+``protocol="paper"`` gives each network its family's paper protocol
+(:func:`studies.retrain_protocol.paper_protocol`).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import torch
 from optuna.trial import TrialState
 
@@ -28,10 +34,12 @@ from models.measure import measure
 
 from .config import StudySettings
 from .objective import load_data, worker_name
-from .results import pareto_numbers, trials_with_results, write_results
+from .results import pareto_numbers, retrain_results, trials_with_results, write_results
+from .retrain_protocol import (PAPER, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
+                               retrain_label, retrain_protocols)
 from .storage import Store, data_home, open_existing, resolve_url, storage_errors
 
-__all__ = ["Incomplete", "retrain", "retrain_targets", "run_dir"]
+__all__ = ["Incomplete", "retrain", "retrain_table", "retrain_targets", "run_dir"]
 
 
 class Incomplete(ValueError):
@@ -61,22 +69,35 @@ def _now() -> str:
 
 
 def retrain(study: str, storage: str | None = None, *, protocol: str = "fast", epochs: int | None = None,
-            data: str | None = None, synthetic: bool = False, device: str | None = None,
-            numbers: list[int] | None = None, progress: bool = True, say=print) -> list[dict]:
+            hparams: dict | None = None, data: str | None = None, synthetic: bool = False,
+            device: str | None = None, numbers: list[int] | None = None, progress: bool = True,
+            say=print) -> list[dict]:
     """Retrain every target of :func:`retrain_targets` (or the trials ``numbers``) under
-    ``protocol`` (``fast``, ``ho-resnet`` or ``lm-resnet``; ``epochs`` overrides its length)
-    on the data the study searched on (``data``: where CIFAR-10 is on this machine);
-    returns this call's results."""
-    trainers.protocol_hparams(protocol, epochs=epochs)        # ValueError for an unknown protocol
+    ``protocol`` (``fast``, a paper's protocol ``ho-resnet`` / ``lm-resnet`` /
+    ``lm-resnet-sd`` / ``rkcnn``, or ``paper``: each network its family's,
+    :data:`studies.retrain_protocol.PAPER_RULE`); ``epochs`` overrides its length and
+    ``hparams`` its hyperparameters (``{"lr": 0.2}``: checked as ``run --proxy-hparams``),
+    each combination stored apart under its own label. Trains on the data the study
+    searched on (``data``: where CIFAR-10 is on this machine), records the test accuracy
+    after every epoch, returns this call's results."""
+    if protocol not in retrain_protocols():
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(retrain_protocols())}")
+    if epochs is not None:
+        try:
+            trainers.protocols.merge_hparams(trainers.HPARAMS, {"epochs": epochs})
+        except ValueError as e:
+            raise ValueError(f"--epochs: {str(e).split(': ', 1)[1]}") from None
+    overrides = check_overrides(hparams, protocol)
     with storage_errors(resolve_url(study, storage)):
         store = open_existing(study, storage, owner=worker_name())
         try:
-            return _retrain_study(store, protocol, epochs, data, synthetic, device, numbers, progress, say)
+            return _retrain_study(store, protocol, epochs, overrides, data, synthetic, device, numbers, progress,
+                                  say)
         finally:
             store.close()
 
 
-def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device, numbers, progress,
+def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthetic, device, numbers, progress,
                    say) -> list[dict]:
     study = store.study()
     cfg = StudySettings.load(study)
@@ -87,7 +108,6 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
         raise ValueError(f"study {store.name!r} was searched on CIFAR-10; retrain on CIFAR-10 (--data DIR)")
     if data_root and kind == "synthetic":
         raise ValueError(f"study {store.name!r} was searched on synthetic data; --data does not apply")
-    label = protocol if epochs is None else f"{protocol}-{int(epochs)}ep"
     if numbers is None:
         targets = retrain_targets(study)
     else:
@@ -110,6 +130,8 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
 
     for i, t in enumerate(targets):
         head = f"[{i + 1}/{len(targets)}] trial {t.number}"
+        proto = paper_protocol(ArchSpec.from_json(t.user_attrs["spec"])) if protocol == PAPER else protocol
+        label = retrain_label(proto, epochs, overrides)
         key = f"retrain:{t.number}:{label}"
         ckey = f"{cfg.uid}:retrain:{label}:{t.number}"
         if (prev := finished(key)) is not None:
@@ -128,8 +150,8 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
             if dataset is None:
                 dataset = load_data(cfg.data, data_root)
             with store.claims.held(ckey, stale / 3):
-                entry, r = _retrain_one(study, t, label, protocol, epochs, dataset, device, progress, say, head,
-                                        cfg.retrain_hparams())
+                entry, r = _retrain_one(study, t, label, proto, protocol, epochs, overrides, dataset, device,
+                                        progress, say, head, cfg.retrain_hparams())
             results.append(entry)
         finally:
             store.claims.release(ckey)                  # done or interrupted: free for a rerun at once
@@ -146,19 +168,29 @@ def _retrain_study(store: Store, protocol, epochs, data_root, synthetic, device,
     return results
 
 
-def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say, head, hparams):
+def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, device, progress, say, head,
+                 study_hparams):
     """Retrain one trial's network; write its folder and the study attr ``retrain:N:LABEL``."""
     spec = ArchSpec.from_json(t.user_attrs["spec"])
     folder = run_dir(study.study_name, t.number, label)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(spec.to_json(indent=2) + "\n")
-    say(f"{head}: {t.user_attrs.get('architecture', spec.name)} - retrain {label}")
+    hparams = {**study_hparams, **overrides}      # the study's data-size settings, then the user's
+    planned = trainers.protocol_hparams(protocol, epochs=epochs, hparams=hparams)["epochs"]
+    chosen = " (its family's paper protocol)" if requested == PAPER else ""
+    say(f"{head}: {t.user_attrs.get('architecture', spec.name)} - retrain {label}: {protocol}{chosen}, "
+        f"{planned} epochs")
     r = trainers.train(lambda: models.build(spec), data, protocol=protocol, checkpoint_path=folder / "checkpoint.pt",
                        resume=True, device=device, epochs=epochs, hparams=hparams or None, progress=progress,
-                       say=lambda m: say(f"    {m}"))
-    entry = {"number": t.number, "protocol": protocol, "label": label, "status": r.status,
-             "reason": r.reason, "test_accuracy": r.test_accuracy, "test_loss": r.loss if r.ok else None,
-             "epochs": r.epochs, "seconds": round(sum(h.get("seconds", 0.0) for h in r.history), 3),
+                       score_every_epoch=True, say=lambda m: say(f"    {m}"))
+    entry = {"number": t.number, "protocol": protocol, "requested_protocol": requested, "label": label,
+             "status": r.status, "reason": r.reason, "test_accuracy": r.test_accuracy,
+             "test_loss": r.loss if r.ok else None,
+             "epochs": r.epochs, "epochs_planned": r.epochs_planned, "protocol_epochs": protocol_epochs(protocol),
+             "hparams": dict(overrides), "lr": r.hparams["lr"],
+             # accuracy on the test split after each epoch (None where an older checkpoint did not score it)
+             "test_accuracy_per_epoch": [h.get("test_accuracy") for h in r.history],
+             "seconds": round(sum(h.get("seconds", 0.0) for h in r.history), 3),
              "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes,
              "checkpoint_path": str(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now(),
              # what export needs to put the normalisation inside the program
@@ -176,3 +208,41 @@ def _retrain_one(study, t, label, protocol, epochs, data, device, progress, say,
     (folder / "result.json").write_text(json.dumps({**entry, "history": r.history}, indent=2, default=str) + "\n")
     study.set_user_attr(f"retrain:{t.number}:{label}", entry)
     return entry, r
+
+
+REACH = (0.80, 0.85)     # accuracies of 001 Table 4's "epochs to reach" rows
+
+
+def epochs_to_reach(per_epoch: list, accuracy: float) -> int | None:
+    """The first epoch (1-based) whose test accuracy is at least ``accuracy``, or None."""
+    for epoch, acc in enumerate(per_epoch or [], 1):
+        if acc is not None and acc >= accuracy:
+            return epoch
+    return None
+
+
+def retrain_table(study: optuna.Study, reach=REACH) -> pd.DataFrame:
+    """Every retrain of the study, one row per trial and label (oldest first): its
+    protocol and epochs (``retrain``: as :func:`describe_retrain` writes it short), the
+    overrides and learning rate, status, test accuracy, and per accuracy ``a`` of
+    ``reach`` the epochs it took to reach it (``epochs_to_80%``: 001 Table 4); the
+    accuracy after every epoch in ``test_accuracy_per_epoch``."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = []
+    for number, records in sorted(retrain_results(study.user_attrs).items()):
+        a = trials[number].user_attrs if number in trials else {}
+        for r in records:
+            per_epoch = r.get("test_accuracy_per_epoch") or []
+            row = {"number": number, "label": r.get("label"), "retrain": describe_retrain(r, short=True),
+                   "protocol": r.get("protocol"), "epochs": r.get("epochs"),
+                   "epochs_planned": r.get("epochs_planned"),
+                   "protocol_epochs": r.get("protocol_epochs") or protocol_epochs(r.get("protocol") or ""),
+                   "lr": r.get("lr"), "hparams": json.dumps(r.get("hparams") or {}, sort_keys=True),
+                   "status": r.get("status"), "test_accuracy": r.get("test_accuracy"),
+                   "architecture": a.get("architecture"), "preset": a.get("preset"), "reason": r.get("reason") or ""}
+            for acc in reach:
+                row[f"epochs_to_{100 * acc:g}%"] = epochs_to_reach(per_epoch, acc)
+            row["test_accuracy_per_epoch"] = per_epoch
+            row["weights_path"] = r.get("weights_path")
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -85,6 +85,46 @@ def test_lm_stage_recursion_by_hand():
     assert (k >= -0.1).all() and (k <= 0).all() and k.std() > 0.01   # U[-0.1, 0] init
 
 
+def test_lm_stage_applies_its_step_to_every_block_one_learnable_h_per_block():
+    """An LM stage's step reaches every block it labels, the opening Euler block included,
+    and a learnable step is one parameter per block, as for every other scheme:
+    a 6-block learnable LM stage has 6 step parameters (an RK4 x6 stage has 6 too)."""
+    def stage_of(scheme, mode, value, blocks=6):
+        spec = ArchSpec(stages=(StageSpec(scheme, blocks=blocks, step=StepSpec(mode, value), width=8),),
+                        image_size=8)
+        return models.build(spec).stages[0]
+
+    def steps(module):
+        return [p for p in module.parameters() if p.dim() == 0]
+
+    assert len(steps(stage_of("lm", "learnable", 1.0))) == 6
+    assert len(steps(stage_of("rk4", "learnable", 1.0))) == 6
+    assert count_params(stage_of("lm", "learnable", 1.0)) == count_params(stage_of("lm", "fixed", 1.0)) + 6
+
+    # forward = 002 eq. 5 with h per block: u1 = u0 + h0 F0(u0), u_{n+1} = (1-k_n) u_n + k_n u_{n-1} + h_n F_n(u_n)
+    stage = stage_of("lm", "learnable", 1.0, blocks=3).double().eval()
+    lm = stage[0]
+    hs = [0.7, 1.9, 0.3]
+    with torch.no_grad():
+        for p, h in zip([lm.first.step.h, *(m.h for m in lm.steps)], hs):
+            p.fill_(h)
+        lm.k.copy_(torch.tensor([-0.05, -0.08]))
+    F = [lm.first.subnets[0], *lm.subnets]
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        u0 = x
+        u1 = u0 + hs[0] * F[0](u0)
+        u2 = 1.05 * u1 - 0.05 * u0 + hs[1] * F[1](u1)
+        u3 = 1.08 * u2 - 0.08 * u1 + hs[2] * F[2](u2)
+        torch.testing.assert_close(stage(x), u3)
+
+    # a fixed step reaches the opening block too: h = 2 is not the h = 1 network
+    fixed = stage_of("lm", "fixed", 2.0)
+    assert fixed[0].first.h() == 2.0 and [fixed[0].h(n) for n in range(5)] == [2.0] * 5
+    with pytest.raises(ValueError, match="one learnable step per block"):
+        LMStage(RKBlock("euler", [Affine(1.0, 0.0)]), [Affine(1.0, 0.0)] * 2, LearnableStep(1.0))
+
+
 def _leaves(net):
     return sum(isinstance(m, PreActSubnet) for m in net.modules())
 

@@ -179,6 +179,21 @@ def test_model_card_and_best_rule(study):
     assert trial.number == 4 and "highest validation accuracy" in rule and "none of its" in rule
 
 
+def test_card_names_the_protocol_and_never_calls_a_short_run_full(study):
+    """A 2-epoch retrain of the 40-epoch `fast` protocol is a short run, and the card says so."""
+    storage, tmp = study
+    s = optuna.load_study(study_name="exp", storage=storage)
+    entry = retrain_entry(0, 0.55, Path(s.user_attrs["retrain:0:fast"]["weights_path"]), epochs=2)
+    s.set_user_attr("retrain:0:fast-2ep", {**entry, "label": "fast-2ep", "epochs_planned": 2, "protocol_epochs": 40,
+                                           "finished_at": "2026-01-02T00:00:00+00:00"})
+    out = tmp / "short"
+    assert cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out))[0] == 0
+    card = (out / "model_card.md").read_text()
+    assert "retrained with the `fast` protocol, 2 of the protocol's 40 epochs: a short run" in card
+    assert "55.00% (`fast` protocol, 2 of the protocol's 40 epochs: a short run)" in card
+    assert "full" not in card.lower()
+
+
 def test_best_is_chosen_by_validation_never_by_test(study):
     """Two retrained front trials: the one with the better test accuracy but the worse validation
     accuracy must not win (choosing on the test set biases the reported figure upward)."""
@@ -249,7 +264,7 @@ def test_card_of_a_synthetic_study_says_so_at_the_top(study):
     card = (out / "model_card.md").read_text()
     head = "\n".join(card.splitlines()[:4])
     assert "synthetic data" in head and "not a CIFAR-10 model" in head
-    assert "1 epoch" in card and "1 epochs" not in card
+    assert "1 of the protocol's 40 epochs: a short run" in card and "1 epochs" not in card
 
 
 @pytest.mark.parametrize("argv, message", [

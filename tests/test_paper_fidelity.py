@@ -204,3 +204,26 @@ def test_cifar_resnet_keeps_002_code_init():
     bound = 1 / 64 ** 0.5                           # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     fc = net.head.fc.weight
     assert fc.abs().max().item() <= bound and fc.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("variant", ["e", "i", "r"])
+def test_rkcnn_batchnorm_follows_its_authors_code(variant):
+    """The authors' code makes every RKCNN BatchNorm with eps=0.001, momentum=0.01 (PyTorch's
+    defaults are 1e-5 and 0.1): units, transitions and the multiscale head alike. One training
+    step moves a running mean by 1% of the batch mean, not 10%."""
+    periods = tuple(StageSpec(scheme=f"rkcnn-{variant}", width=8, rk_stages=2, downsample=i > 0) for i in range(3))
+    spec = ArchSpec(stages=periods, stem_width=8, transition="conv-attention", head="multiscale", image_size=8)
+    net = models.build(spec)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) > 10 and {(m.eps, m.momentum) for m in norms} == {(1e-3, 0.01)}
+    head = net.head.norms[0]
+    net.train()
+    x = torch.randn(4, 3, 8, 8) + 3.0
+    with torch.no_grad():
+        features = net.stages[0][0](net.stem(x))        # what the head's first BatchNorm normalises
+        net(x)
+    torch.testing.assert_close(head.running_mean, 0.01 * features.mean((0, 2, 3)))
+    # the other families keep PyTorch's defaults
+    for name in ("ho-rk4-x1", "lm-resnet-20"):
+        assert {(m.eps, m.momentum) for m in models.build(presets.get(name)).modules()
+                if isinstance(m, nn.BatchNorm2d)} == {(1e-5, 0.1)}

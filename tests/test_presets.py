@@ -4,14 +4,18 @@ Parametrised from the registry (``models.presets.names()``): a new preset is
 tested by registering it, and no hand-written list can drift from it.
 """
 import dataclasses
+import io
 import re
+from contextlib import redirect_stdout
 from decimal import Decimal
 
 import pytest
 import torch
 
 import models
+import search
 from models import ArchSpec, presets
+from models.blocks import PreActSubnet
 from models.measure import count_params
 from search_space.sampling import why_not_in_space
 
@@ -141,3 +145,38 @@ def test_every_preset_is_a_point_of_the_space(name):
         assert reason and OUTSIDE_SPACE[name] in (presets.info(name).fn.__doc__ or "")
     else:
         assert reason is None, f"{name}: {reason}"
+
+
+CIFAR_RESNETS = [n for n in ALL if models.networks.family(presets.get(n)) == "cifar-resnet"]
+
+
+@pytest.mark.parametrize("name", CIFAR_RESNETS)
+def test_cifar_resnets_are_labelled_what_they_are(name):
+    """002's CIFAR ResNets and LM-ResNets are pre-activation here, and say so; their rows are
+    002's Tables 2 and 4 (Table 1 lists ODEs, not networks)."""
+    info = presets.info(name)
+    assert "pre-activation" in info.source and "Pre-activation" in (info.fn.__doc__ or "").replace("pre-act", "Pre-act")
+    assert "Table 1" not in info.source
+    subnets = [m for m in models.build(presets.get(name), device="meta").modules() if isinstance(m, PreActSubnet)]
+    assert subnets and all(isinstance(s[0], torch.nn.BatchNorm2d) and isinstance(s[1], torch.nn.ReLU)
+                           for s in subnets)
+
+
+def test_post_activation_rows_lend_no_accuracy_to_pre_activation_presets():
+    """002 Table 2 prints ResNet-20..56 (8.75, 7.51, 7.17, 6.97% error) for He et al. 2015b's
+    post-activation networks: the pre-activation presets of the same depth carry no printed
+    accuracy; ResNet-110 pre-act (6.37%) and the LM-ResNets are the printed networks."""
+    assert len(CIFAR_RESNETS) == 12
+    for d in (20, 32, 44, 56):
+        info = presets.info(f"resnet-{d}")
+        assert info.paper_accuracy is None and "post-activation" in info.source
+    assert {n: presets.info(n).paper_accuracy for n in ("resnet-110", "lm-resnet-20", "lm-resnet-56",
+                                                         "lm-resnet-56-sd", "lm-resnet-110-sd")} == {
+        "resnet-110": 93.63, "lm-resnet-20": 91.67, "lm-resnet-56": 93.69, "lm-resnet-56-sd": 94.86,
+        "lm-resnet-110-sd": 95.20}
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert search.main(["presets"]) == 0
+    listed = {line.split()[0]: line for line in out.getvalue().splitlines()}
+    assert all("pre-activation" in listed[n] for n in CIFAR_RESNETS)
+    assert "post-activation" in listed["resnet-20"]

@@ -15,6 +15,7 @@ from torch import nn
 import trainers
 from trainers import augment, checkpoint
 from trainers.data import train_val_indices
+from trainers.train import _lr_factor
 
 
 def tiny_net(dropout: float = 0.0) -> nn.Module:
@@ -229,6 +230,49 @@ def test_paper_protocols():
     assert trainers.protocol_hparams("lm-resnet", epochs=16)["milestones"] == [8, 12]
 
 
+def test_rkcnn_protocol_is_004s():
+    """004 §4.1.2 (CIFAR): 300 epochs, mini-batch 32, lr 0.1, Nesterov momentum 0.9, weight decay
+    1e-4, lr divided by 10 at 50% and 75% of training; crop and flip, no AutoAugment."""
+    rk = trainers.PROTOCOLS["rkcnn"]
+    assert (rk["epochs"], rk["batch_size"], rk["lr"]) == (300, 32, 0.1)
+    assert (rk["nesterov"], rk["momentum"], rk["weight_decay"]) == (True, 0.9, 1e-4)
+    assert (rk["milestones"], rk["gamma"], rk["schedule"]) == ([150, 225], 0.1, "multistep")
+    assert (rk["crop_pad"], rk["flip"], rk["autoaugment"], rk["label_smoothing"]) == (4, True, False, 0.0)
+    assert (rk["train_on"], rk["score_on"]) == ("train+val", "test")
+    steps = 1563                                      # 50,000 images / 32, the last batch kept
+    lr = [_lr_factor(e * steps, rk, steps, 300 * steps) * rk["lr"] for e in (0, 149, 150, 224, 225, 299)]
+    assert lr == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert trainers.protocol_hparams("rkcnn", epochs=4)["milestones"] == [2, 3]     # still 50% and 75%
+
+
+def test_lm_resnet_stochastic_depth_protocol_is_002s():
+    """002 §3: lr 0.1 "divided by a factor of 10 after epoch 250 and 375, and terminated at 500
+    epochs", weight decay 1e-4, momentum 0.9 (batch 128 as 002 §4)."""
+    sd = trainers.PROTOCOLS["lm-resnet-sd"]
+    assert (sd["epochs"], sd["milestones"], sd["lr"], sd["gamma"]) == (500, [250, 375], 0.1, 0.1)
+    assert (sd["weight_decay"], sd["momentum"], sd["nesterov"], sd["batch_size"]) == (1e-4, 0.9, False, 128)
+    assert not sd["autoaugment"] and sd["score_on"] == "test"
+    steps = 391
+    lr = [_lr_factor(e * steps, sd, steps, 500 * steps) * sd["lr"] for e in (249, 250, 374, 375, 499)]
+    assert lr == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001])      # epoch 251 (1-based) is the first after 250
+
+
+def test_score_every_epoch_records_the_scored_split_and_changes_nothing(data, tmp_path):
+    """A retrain records its test accuracy after every epoch (001 Table 4 counts epochs to an
+    accuracy); scoring reads the model in eval mode only, so the weights are those of a run
+    that does not score."""
+    kw = dict(protocol="fast", epochs=2, device="cpu", seed=1, progress=False, hparams=SMALL)
+    plain = trainers.train(tiny_net, data, **kw)
+    scored = trainers.train(tiny_net, data, score_every_epoch=True, checkpoint_path=tmp_path / "c.pt", **kw)
+    assert [sorted(set(h) - set(p)) for h, p in zip(scored.history, plain.history)] == [["test_accuracy",
+                                                                                        "test_loss"]] * 2
+    for k, v in plain.state_dict.items():
+        assert torch.equal(v, scored.state_dict[k]), k
+    assert scored.history[-1]["test_accuracy"] == scored.test_accuracy == plain.test_accuracy
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["history"][0]["test_accuracy"] == \
+        scored.history[0]["test_accuracy"]
+
+
 class Killed(Exception):
     pass
 
@@ -263,6 +307,22 @@ def test_resume_refuses_a_different_run(data, tmp_path):
     trainers.train(tiny_net, data, seed=0, **kw)
     with pytest.raises(ValueError, match="seed"):
         trainers.train(tiny_net, data, seed=1, resume=True, **kw)
+
+
+def test_checkpoint_of_another_network_is_a_one_line_error(data, tmp_path):
+    """A checkpoint whose weights no longer fit the network (the network changed since it was
+    written) is refused in one line saying what to do, not a traceback."""
+    kw = dict(protocol="fast", epochs=2, device="cpu", progress=False, hparams=SMALL,
+              checkpoint_path=tmp_path / "c.pt")
+    with pytest.raises(Killed):
+        trainers.train(tiny_net, data, on_epoch_end=_kill_at_1, **kw)
+    with pytest.raises(ValueError, match=r"c\.pt holds the weights of another network .*delete it"):
+        trainers.train(lambda: nn.Sequential(tiny_net(), nn.Linear(10, 10)), data, resume=True, **kw)
+
+
+def _kill_at_1(epoch, entry):
+    if epoch == 1:
+        raise Killed
 
 
 def test_retrain_divergence_keeps_the_last_good_checkpoint(data, tmp_path):

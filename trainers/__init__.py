@@ -5,8 +5,9 @@ Public surface::
     from trainers import load_cifar10, synthetic, train, evaluate, PROTOCOLS, HPARAMS
 
 ``train(make_model, data, protocol="proxy")`` is the short proxy that scores a
-trial on the validation split; ``protocol="fast" | "ho-resnet" | "lm-resnet"``
-with a ``checkpoint_path`` is a full retrain scored on the test split.
+trial on the validation split; ``protocol="fast"`` or a paper's protocol
+(``"ho-resnet"``, ``"lm-resnet"``, ``"lm-resnet-sd"``, ``"rkcnn"``) with a
+``checkpoint_path`` is a retrain scored on the test split.
 
 May import: torch, torchvision, numpy, tqdm. Never optuna or ``models``:
 callers pass a model factory (``make_model: Callable[[], nn.Module]``), so any

@@ -16,6 +16,15 @@ all 50k images and scores on the test split.
   100/150/200/230, 260 epochs, AutoAugment's CIFAR-10 policy plus crop and flip.
 * ``"lm-resnet"`` - LM-ResNet (002 §4, CIFAR-10): as above without
   AutoAugment, lr x0.1 at 80 and 120, 160 epochs.
+* ``"lm-resnet-sd"`` - LM-ResNet with stochastic depth (002 §3): as
+  ``lm-resnet``, lr x0.1 after epochs 250 and 375, 500 epochs.
+* ``"rkcnn"`` - RKCNN on CIFAR (004 §4.1.2): batch 32, Nesterov SGD lr 0.1,
+  momentum 0.9, weight decay 1e-4, lr x0.1 at 50% and 75% of 300 epochs,
+  crop and flip.
+
+Which protocol a network's paper used is a property of the network, not of
+the trainer: ``studies.retrain(..., protocol="paper")`` chooses per network
+(:func:`studies.retrain_protocol.paper_protocol`).
 
 Paper protocols run in fp32, as published (PyTorch uses TF32 convolutions on
 Ampere and newer GPUs by default); ``hparams={"bf16": True}`` trades exactness
@@ -57,7 +66,7 @@ HPARAMS: dict = {
     "nan_check_every": 50,     # optimiser steps between host syncs that look for a nan/inf loss
 }
 
-# What the two papers' protocols share (000 §4.1 / 001 §3.1; 002 §4).
+# What the papers' protocols share (000 §4.1 / 001 §3.1; 002 §3-4; 004 §4.1.2 but for its batch and Nesterov).
 _PAPER = {
     "train_on": "train+val", "score_on": "test",
     "batch_size": 128, "lr": 0.1, "nesterov": False, "weight_decay": 1e-4, "decay_1d": True,
@@ -71,8 +80,23 @@ PROTOCOLS: dict[str, dict] = {
     "proxy": {**HPARAMS},
     "fast": {**HPARAMS, "train_on": "train+val", "score_on": "test",
              "epochs": 40, "label_smoothing": 0.1, "warmup_frac": 0.15, "nan_check_every": 100},
+    # 001 §3.2: "The models were trained with a batch size of 128, starting with an initial learning
+    # rate of 0.1, step scheduler with [100, 150, 200, 230], factor 0.1, and 260 epochs trained."
     "ho-resnet": {**HPARAMS, **_PAPER, "epochs": 260, "milestones": [100, 150, 200, 230], "autoaugment": True},
+    # 002 §4: "For LM-ResNet on CIFAR10 (CIFAR100), we start with the learning rate of 0.1, divide it
+    # by 10 at 80 (150) and 120 (225) epochs and terminate training at 160 (300) epochs."
     "lm-resnet": {**HPARAMS, **_PAPER, "epochs": 160, "milestones": [80, 120]},
+    # 002 §3 (stochastic depth): "During training with SGD, the initial learning rate is 0.1, and is
+    # divided by a factor of 10 after epoch 250 and 375, and terminated at 500 epochs. In addition, we
+    # use a weight decay of 0.0001 and a momentum of 0.9." (multistep epochs count from 0: milestone
+    # 250 is the 251st epoch, the first one after epoch 250)
+    "lm-resnet-sd": {**HPARAMS, **_PAPER, "epochs": 500, "milestones": [250, 375]},
+    # 004 §4.1.2: "A weight decay of 10^-4 and Nesterov momentum of 0.9 are used. The learning rate is
+    # set to 0.1 initially and divided by 10 at 50% and 75% of the training procedure." and "On CIFAR,
+    # a standard data augmentation scheme is adopted following He et al (2016a). The models are trained
+    # for 300 epochs using the MGD with a mini-batch size of 32." (crop and flip; the authors' code
+    # decays every parameter and keeps the last partial batch, as _PAPER does)
+    "rkcnn": {**HPARAMS, **_PAPER, "epochs": 300, "batch_size": 32, "nesterov": True, "milestones": [150, 225]},
 }
 
 _CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),

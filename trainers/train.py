@@ -78,6 +78,7 @@ class TrainResult:
     checkpoint_path: str | None
     notes: list[str] = field(default_factory=list)   # what the run had to do on its own (a checkpoint set aside)
     # per epoch: epoch, train_loss, train_accuracy, lr (at its start), images, steps, seconds[, val_accuracy]
+    # [, <score_on>_accuracy, <score_on>_loss with score_every_epoch]
     history: list[dict] = field(default_factory=list)
     state_dict: dict | None = field(default=None, repr=False, compare=False)  # CPU tensors, when ok
 
@@ -104,7 +105,8 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
           epochs: int | None = None, hparams: dict | None = None, seed: int = 0,
           device: str | torch.device | None = None, checkpoint_path: str | Path | None = None,
           resume: bool = False, compile: bool = False, deterministic: bool = False, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None, say: Callable[[str], None] = print) -> TrainResult:
+          score_every_epoch: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
+          say: Callable[[str], None] = print) -> TrainResult:
     """Train ``make_model()`` under ``protocol`` (see :mod:`trainers.protocols`) and score it.
 
     ``epochs`` and ``hparams`` override the protocol's (unknown keys raise
@@ -121,6 +123,10 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     dynamo's recompile limit and runs those blocks eagerly.
     An unreadable checkpoint is set aside (renamed beside it) and the run
     starts from scratch, saying so through ``say`` and in ``notes``.
+    ``score_every_epoch`` scores the ``score_on`` split after every epoch too,
+    into the history as ``<split>_accuracy`` / ``<split>_loss`` (an accuracy
+    curve: epochs to reach an accuracy, 001 Table 4); it reads the model in
+    eval mode and draws no random numbers, so the weights are the same.
     ``on_epoch_end(epoch, entry)`` runs after each epoch's checkpoint is on
     disk (``epoch`` 1-based); an exception from it propagates (tests simulate
     a kill so). ``device`` defaults to CUDA when available.
@@ -171,7 +177,12 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
                     say(note)
             if state is not None:
                 checkpoint.check_compatible(state, identity, checkpoint_path)
-                model.load_state_dict(state["model"])
+                try:
+                    model.load_state_dict(state["model"])
+                except RuntimeError as e:     # the network changed since (README: upgrading)
+                    first = str(e).strip().splitlines()[0]
+                    raise ValueError(f"{checkpoint_path} holds the weights of another network ({first[:160]}); "
+                                     "delete it to train this one from the start") from None
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
                 set_rng_state(state["rng"])
@@ -205,6 +216,13 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
                                                      mean=data.mean, std=data.std,
                                                      batch_size=hp["eval_batch_size"], bf16=hp["bf16"],
                                                      channels_last=hp["channels_last"]).accuracy
+                if score_every_epoch:
+                    with clock.phase("eval"):
+                        evaluation = evaluate(net, scored.images, scored.labels, device, mean=data.mean,
+                                              std=data.std, batch_size=hp["eval_batch_size"], bf16=hp["bf16"],
+                                              channels_last=hp["channels_last"])
+                    entry[f"{hp['score_on']}_accuracy"] = evaluation.accuracy
+                    entry[f"{hp['score_on']}_loss"] = evaluation.loss
                 history.append(entry)
                 if checkpoint_path is not None:
                     checkpoint.atomic_save({"format": checkpoint.FORMAT, **identity, "epoch": epoch + 1,
@@ -214,12 +232,13 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, entry)
 
-        # -- score on the validation (proxy) or test (retrain) split
+        # -- score on the validation (proxy) or test (retrain) split, unless the last epoch just did
         phase = "evaluation"
-        with clock.phase("eval"):
-            evaluation = evaluate(net, scored.images, scored.labels, device, mean=data.mean, std=data.std,
-                                  batch_size=hp["eval_batch_size"], bf16=hp["bf16"],
-                                  channels_last=hp["channels_last"])
+        if evaluation is None:
+            with clock.phase("eval"):
+                evaluation = evaluate(net, scored.images, scored.labels, device, mean=data.mean, std=data.std,
+                                      batch_size=hp["eval_batch_size"], bf16=hp["bf16"],
+                                      channels_last=hp["channels_last"])
     except Exception as e:  # noqa: BLE001 - divergence and OOM become a status; anything else re-raises
         status, reason = classify_failure(e, device, phase)
 
