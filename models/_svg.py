@@ -20,12 +20,16 @@ RAIL_DY = 12                    # between rails
 NEST_SCALE = 0.42               # an inner block inside its outer block's sub-net box
 LINE = "#444"
 SUBSCRIPTS = str.maketrans("0123456789-", "₀₁₂₃₄₅₆₇₈₉₋")
-STYLE = (".nd text{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;fill:#222}"
-          ".nd .ln{stroke:#444;stroke-width:1.2;fill:none}.nd .rail{stroke:#999;stroke-width:1;fill:none}"
-          ".nd .two{stroke:#b35900;stroke-width:1.4;fill:none;stroke-dasharray:5 3}"
-          ".nd .box{fill:#fff;stroke:#444;stroke-width:1.2}.nd .blk{fill:#f7f7fb;stroke:#888;stroke-width:1}"
-          ".nd .nd-node{fill:#fff;stroke:#444;stroke-width:1.2}.nd .cap{font-weight:600}"
-          ".nd .note{fill:#555}.nd .coef{fill:#0b4f8a}")
+# Presentation attributes, not a style sheet: a block drawn once and placed with <use>
+# (studies' pages) is a copy that class selectors do not reach, while attributes travel with it.
+LOOK = {
+    "ln": 'stroke="#444" stroke-width="1.2" fill="none"', "rail": 'stroke="#999" stroke-width="1" fill="none"',
+    "two": 'stroke="#b35900" stroke-width="1.4" stroke-dasharray="5 3" fill="none"',
+    "box": 'fill="#fff" stroke="#444" stroke-width="1.2"', "blk": 'fill="#f7f7fb" stroke="#888" stroke-width="1"',
+    "node": 'fill="#fff" stroke="#444" stroke-width="1.2"',
+    "": 'fill="#222"', "note": 'fill="#555"', "coef": 'fill="#0b4f8a"', "cap": 'fill="#222" font-weight="600"',
+}
+FONT_FAMILY = "system-ui, -apple-system, 'Segoe UI', sans-serif"   # set on the drawing's root, inherited
 
 
 def sub(text) -> str:
@@ -37,7 +41,7 @@ def esc(text) -> str:
 
 
 def text(x, y, text, size=FONT, anchor="start", cls="", extra="") -> str:
-    c = f' class="{cls}"' if cls else ""
+    c = (f' class="{cls}"' if cls else "") + " " + LOOK[cls]
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size:g}" text-anchor="{anchor}"{c}{extra}>'
             f'{esc(text)}</text>')
 
@@ -45,12 +49,12 @@ def text(x, y, text, size=FONT, anchor="start", cls="", extra="") -> str:
 def path(points, cls="ln", arrow=False, extra="") -> str:
     d = "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in points)
     end = ' marker-end="url(#nd-arrow)"' if arrow else ""
-    return f'<path d="{d}" class="{cls}"{end}{extra}/>'
+    return f'<path d="{d}" class="{cls}" {LOOK[cls]}{end}{extra}/>'
 
 
 def node(x, y, symbol: str, title: str, kind: str) -> str:
     return (f'<g data-node="{kind}"><title>{esc(title)}</title>'
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{NODE_R}" class="nd-node"/>'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{NODE_R}" {LOOK["node"]}/>'
             + text(x, y + 3.5, symbol, 10, "middle") + "</g>")
 
 
@@ -134,7 +138,7 @@ def rails(ops: list[Op], first: str, first_label: str, out_label: str) -> Part:
         cls = "blk" if op.inner else "box"
         parts.append(f'<g data-{op.kind}="{esc(op.box)}"><title>{esc(op.title)}</title>'
                      f'<rect x="{bx:.1f}" y="{y_row - bh / 2:.1f}" width="{bw:.1f}" height="{bh:.1f}" rx="4" '
-                     f'class="{cls}"/>')
+                     f'class="{cls}" {LOOK[cls]}/>')
         if op.inner:
             parts.append(text(bx + 4, y_row - bh / 2 + 9, op.box, SMALL, cls="note"))
             parts.append(op.inner.at(bx + 5, y_row - bh / 2 + 12, NEST_SCALE))

@@ -28,16 +28,17 @@ Every element that stands for something carries a ``data-*`` attribute (``data-s
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
-from ._svg import BOX_H, BOX_W, FONT, LINE, NODE_R, SMALL, STYLE, Op, Part, esc, node, path, rails, sub, text
+from ._svg import BOX_H, BOX_W, FONT, FONT_FAMILY, LINE, LOOK, NODE_R, SMALL, Op, Part, esc, node, path, rails, sub, text
 from .networks import describe_stage
 from .schemes import TABLEAUX, Coefficient
 from .spec import ArchSpec, StageSpec
 
-__all__ = ["SchemeGraph", "WeightedSum", "network_svg", "scheme_graph"]
+__all__ = ["SchemeGraph", "WeightedSum", "network_svg", "scheme_graph", "shared_defs"]
 
 
 # --------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def _lm_stage(stage: StageSpec) -> Part:
     parts.append(path([(x - 8, y), (x + 4, y)], arrow=True))
     parts.append(f'<g data-subnet="Euler"><title>block 1: pre-activation Euler block u₁ = u₀ + h F₀(u₀) '
                  f'(it opens the stage: any stride or width change is here)</title>'
-                 f'<rect x="{x + 4:.1f}" y="{y - 13:.1f}" width="80" height="26" rx="4" class="box"/>'
+                 f'<rect x="{x + 4:.1f}" y="{y - 13:.1f}" width="80" height="26" rx="4" class="box" {LOOK["box"]}/>'
                  + text(x + 44, y + 4, "Euler block", FONT - 1, "middle") + "</g>")
     x += 84
     parts.append(path([(x, y), (x + 14, y)]))
@@ -158,7 +159,7 @@ def _lm_stage(stage: StageSpec) -> Part:
         parts.append(f'<g data-subnet="F{n}"><title>F{n}: pre-activation sub-net; LM step {n}: '
                      f'u{n + 1} = (1 - k{n}) u{n} + k{n} u{n - 1} + h F{n}(u{n}), k{n} learnable</title>'
                      f'<rect x="{fx:.1f}" y="{y - BOX_H / 2:.1f}" width="{BOX_W}" height="{BOX_H}" rx="4" '
-                     f'class="box"/>' + text(fx + BOX_W / 2, y + 4, f"F{sub(n)}", FONT, "middle") + "</g>")
+                     f'class="box" {LOOK["box"]}/>' + text(fx + BOX_W / 2, y + 4, f"F{sub(n)}", FONT, "middle") + "</g>")
         sx = fx + BOX_W + 26
         parts.append(path([(fx + BOX_W, y), (sx - NODE_R, y)], arrow=True))
         parts.append(text(fx + BOX_W + 4, y - 4, "h", SMALL, cls="coef", extra=' data-coef="h"'))
@@ -264,7 +265,7 @@ def _macro(spec: ArchSpec, fill: Callable[[StageSpec], str | None]) -> Part:
     def box(x, w, lines, kind, title, colour=None, attrs=""):
         fill_ = f' style="fill:{colour};fill-opacity:0.22"' if colour else ""
         out = [f'<g data-part="{kind}"{attrs}><title>{esc(title)}</title>'
-               f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="5" class="box"{fill_}/>']
+               f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="5" class="box" {LOOK["box"]}{fill_}/>']
         for i, (words, cls) in enumerate(lines):
             out.append(text(x + w / 2, y + 16 + i * 14, words, FONT if i == 0 else FONT - 1, "middle", cls=cls))
         return "".join(out) + "</g>"
@@ -337,13 +338,22 @@ def _macro(spec: ArchSpec, fill: Callable[[StageSpec], str | None]) -> Part:
     return Part("".join(parts), x + 6, y + h + (22 if spec.head == "multiscale" else 8))
 
 
+_MARKER = ('<marker id="nd-arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" '
+           f'orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" fill="{LINE}"/></marker>')
+
+
 def network_svg(spec: ArchSpec, fill: Callable[[StageSpec], str | None] | None = None,
-                title: str | None = None) -> str:
+                title: str | None = None, shared: dict[str, str] | None = None) -> str:
     """The drawing of ``spec`` as a standalone SVG document (also valid inline in HTML).
 
     ``fill(stage)`` may colour each stage box (the dashboard passes its scheme-family colours);
     ``title`` replaces the heading (default: the architecture in the papers' naming). The SVG
-    scales to its container (``viewBox``, ``width`` its natural size in px)."""
+    scales to its container (``viewBox``, ``width`` its natural size in px).
+
+    ``shared``: a page that draws many networks passes one dict for all of them. Each distinct
+    block is then drawn once, into it, and referenced with ``<use>``; the page carries
+    :func:`shared_defs` once (the blocks, the style, the arrowhead). A block is ~3/4 of a
+    drawing, and a study's networks share few distinct blocks."""
     spec.validate(require_widths=True)
     fill = fill or (lambda st: None)
     heading = title if title is not None else " | ".join(describe_stage(s) for s in spec.stages)
@@ -363,14 +373,27 @@ def network_svg(spec: ArchSpec, fill: Callable[[StageSpec], str | None] | None =
             f" ({' / '.join(str(spec.stages[i].blocks) for i in idx)} block{'s' if st.blocks != 1 else ''})"
         head = f"stage{'s' if len(idx) > 1 else ''} {which}{count}: {_caption(st)}"
         part = _stage_block(st)
-        pieces.append(f'<g data-block-of="{which}">' + text(4, y + 12, head, FONT - 1, cls="note")
-                      + part.at(4, y + 20) + "</g>")
+        if shared is None:
+            drawn = part.at(4, y + 20)
+        else:
+            ref = "nd-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+            shared.setdefault(ref, part.body)
+            drawn = f'<use href="#{ref}" transform="translate(4,{y + 20:.1f})"/>'
+        pieces.append(f'<g data-block-of="{which}">' + text(4, y + 12, head, FONT - 1, cls="note") + drawn + "</g>")
         y += 20 + part.h + 12
         width = max(width, part.w + 8, 6.0 * len(head))
     width, height = round(width + 8), round(y + 4)
     label = esc("network drawing: " + heading)
+    own = f"<defs>{_MARKER}</defs>" if shared is None else ""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="nd network-drawing" viewBox="0 0 {width} {height}" '
-            f'width="{width}" height="{height}" role="img" aria-label="{label}">'
-            f'<style>{STYLE}</style><defs><marker id="nd-arrow" viewBox="0 0 8 8" refX="7" refY="4" '
-            f'markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" '
-            f'fill="{LINE}"/></marker></defs>' + "".join(pieces) + "</svg>\n")
+            f'width="{width}" height="{height}" role="img" aria-label="{label}" font-family="{FONT_FAMILY}">'
+            + own + "".join(pieces)
+            + "</svg>\n")
+
+
+def shared_defs(shared: dict[str, str]) -> str:
+    """Once in a page of drawings made with ``shared``: the blocks they reference and the
+    arrowhead, in an SVG that takes no room."""
+    blocks = "".join(f'<g id="{ref}">{body}</g>' for ref, body in shared.items())
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="nd" width="0" height="0" aria-hidden="true" '
+            f'style="position:absolute"><defs>{_MARKER}{blocks}</defs></svg>')

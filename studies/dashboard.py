@@ -248,7 +248,7 @@ def build_dashboard(study, storage_url: str | None = None, refresh: int | None =
         notices.append(f'<div id="running" class="notice">{running} trial{"s" if running != 1 else ""} still '
                        f'running or waiting: the study is in progress; {again}.</div>')
 
-    drawings, inline = network_panel(frame, drawn)
+    drawings, inline, defs = network_panel(frame, drawn)
     sections, plots = [], Plots(info)
     if len(done):
         mem_label = f"{mem_kind} memory (MiB per image)"
@@ -313,7 +313,7 @@ def build_dashboard(study, storage_url: str | None = None, refresh: int | None =
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>{PAGE_CSS}{TABLE_CSS}</style><script>{STATE_JS}</script></head>
-<body data-refresh="{refresh or 0}">
+<body data-refresh="{refresh or 0}">{defs}
 <h1>{html.escape(title)}</h1>
 <p class="meta">{' · '.join(m for m in meta if m)}</p>
 <p class="meta" id="data-when">{when}</p>

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-from models.drawing import network_svg
+from models.drawing import network_svg, shared_defs
 
 from . import figures, space_plots
 from .results import finite, plural
@@ -48,10 +48,10 @@ def retrain_hint(study, storage_url: str | None) -> str:
             f'says how well the proxy ranks the networks.</p></section>')
 
 
-def network_panel(frame: pd.DataFrame, first: int | None) -> tuple[dict, str]:
-    """The embedded drawings (one SVG per distinct spec) with each trial's key and caption,
-    and the first one drawn inline."""
-    svg, by_spec, trial, meta = {}, {}, {}, {}
+def network_panel(frame: pd.DataFrame, first: int | None) -> tuple[dict, str, str]:
+    """The embedded drawings (one SVG per distinct spec, each distinct block drawn once in the
+    returned defs) with each trial's key and caption, and the first one drawn inline."""
+    svg, by_spec, trial, meta, shared = {}, {}, {}, {}, {}
     colour = lambda st: figures.FAMILY_COLOURS.get(figures.scheme_family(st.scheme))  # noqa: E731
     for r in frame.itertuples():
         if r.spec is None:
@@ -59,7 +59,7 @@ def network_panel(frame: pd.DataFrame, first: int | None) -> tuple[dict, str]:
         key = r.spec.to_json()
         if key not in by_spec:
             try:
-                svg[str(len(by_spec))] = network_svg(r.spec, fill=colour)
+                svg[str(len(by_spec))] = network_svg(r.spec, fill=colour, shared=shared)
             except Exception:  # noqa: BLE001 - a spec the drawing cannot take (no widths yet) has none
                 by_spec[key] = None
                 continue
@@ -77,7 +77,7 @@ def network_panel(frame: pd.DataFrame, first: int | None) -> tuple[dict, str]:
         inline = (f'<h2 id="network-title">Network of trial {first}</h2><p class="meta" id="network-meta">'
                   f'{html.escape(meta[str(first)])}</p><div id="network-drawing" class="drawing" '
                   f'data-trial="{first}" title="click: full size / fit">{svg[trial[str(first)]]}</div>')
-    return {"svg": svg, "trial": trial, "meta": meta}, inline
+    return {"svg": svg, "trial": trial, "meta": meta}, inline, shared_defs(shared) if shared else ""
 
 
 def as_json(obj) -> str:

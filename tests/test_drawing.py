@@ -8,6 +8,7 @@ taps, a block inside a block when nested, LM's two-step arrows, RKCNN's Phase I 
 """
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from fractions import Fraction
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from models import ArchSpec, StageSpec, StepSpec, presets
 from models.blocks import PaperBlock, RKBlock
-from models.drawing import network_svg, scheme_graph
+from models.drawing import network_svg, scheme_graph, shared_defs
 from models.schemes import TABLEAUX
 from models.spec import PAPER_FORMS, RKCNN_SCHEMES
 
@@ -164,3 +165,21 @@ def test_step_and_stride_are_named():
     text = " ".join(root.itertext())
     assert "h learnable" in text and "stride 2 in block 1" in text and "16 ch · 32×32" in text
     assert "32 ch · 16×16" in text
+
+
+def test_a_page_of_drawings_draws_each_block_once():
+    """The dashboard's drawings share their blocks: RK4 x3 and RK4 x7 reference one RK4 block,
+    defined once with the arrowhead, and it is the block the standalone drawing shows."""
+    shared: dict[str, str] = {}
+    a = network_svg(presets.get("ho-rk4-x3"), shared=shared)
+    b = network_svg(presets.get("ho-rk4-x7"), shared=shared)
+    c = network_svg(presets.get("lm-resnet-20"), shared=shared)
+    assert len(shared) == 2
+    assert set(re.findall(r'<use href="#([^"]+)"', a + b + c)) == set(shared)
+    defs = ET.fromstring(shared_defs(shared))
+    assert {e.get("id") for e in defs.iter() if e.get("id")} == set(shared) | {"nd-arrow"}
+    rk4 = next(e for e in defs.iter() if e.get("id") == re.search(r'<use href="#([^"]+)"', a).group(1))
+    standalone = next(e for e in _root(presets.get("ho-rk4-x3")).iter() if e.get("data-block-of") == "1")
+    assert sorted(e.get("data-coef") for e in rk4.iter() if e.get("data-coef")) == \
+        sorted(e.get("data-coef") for e in standalone.iter() if e.get("data-coef")) == _expected_labels("rk4")
+    assert len(a) < len(network_svg(presets.get("ho-rk4-x3"))) / 2
