@@ -4,9 +4,9 @@
     python search.py run --study NAME --budget 1.0M --trials N [...]   create or resume a study
     python search.py retrain --study NAME [--protocol fast|paper|...]  fully retrain the Pareto set
     python search.py show --study NAME [--pareto|--retrains] [--csv F] table of trials (or of retrains)
-    python search.py dashboard --study NAME [--out FILE.html]          Pareto-front dashboard (HTML)
-    python search.py export --study NAME [--trial N | --best] --out DIR  spec, weights, model.pt2, card
-    python search.py describe NAME_OR_SPEC_FILE                        params, MACs, memory as JSON
+    python search.py dashboard --study NAME [--out FILE.html] [--watch S]  the results page (HTML)
+    python search.py export --study NAME [--trial N | --best] [--out DIR]  spec, weights, model.pt2, card
+    python search.py describe NAME_OR_SPEC_FILE [--svg FILE]           params, MACs, memory as JSON
     python search.py presets                                           list the papers' networks
 
 The commands are thin: each maps its flags onto a function of ``studies`` (or
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import json
 import math
@@ -97,20 +98,40 @@ def _given(args, *names: str) -> dict:
 
 def cmd_run(args) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "study", "trials")}
-    counts = studies.run(args.study, args.trials, **options)
+    try:
+        counts = studies.run(args.study, args.trials, **options)
+    except trainers.DataNotFoundError as e:
+        raise UserError(f"{_one_line(e)}; for a first try without it, start a study with --synthetic (a small "
+                        f"generated data set that trains on a CPU)") from None
     for line in studies.summary_lines(counts["summary"]):
         print(line)
-    _where(args.study, getattr(args, "storage", None), counts["storage"], counts["results"])
+    data = (counts["summary"].get("settings") or {}).get("data") or {}
+    quick = data.get("kind") == "synthetic" or (getattr(args, "device", None) or "") == "cpu"
+    _where(args.study, getattr(args, "storage", None), counts["storage"], counts["results"], after="run",
+           quick=quick)
 
 
-def _where(name: str, storage: str | None, url: str, results: str | None = None) -> None:
+def _where(name: str, storage: str | None, url: str, results: str | None = None, *, after: str,
+           quick: bool = False) -> None:
+    """Where the study is, and the commands that come next: after ``run``, look, retrain (on a CPU
+    or synthetic data a 2-epoch check, since the default protocol trains for long), see the page;
+    after ``retrain``, see the page and export the winner."""
     flag = f" --storage {studies.redact_url(storage)}" if storage else ""
     print(f"storage: {studies.redact_url(url)}")
     if results:
         print(f"results: {results}")
-    print(f"next:    python search.py show --study {name}{flag} --pareto\n"
-          f"         python search.py retrain --study {name}{flag}\n"
-          f"         python search.py dashboard --study {name}{flag}")
+    default = _signature_default(studies.retrain, "protocol")
+    steps = [f"python search.py dashboard --study {name}{flag}"]
+    if after == "run":
+        long = trainers.protocol_hparams(default)["epochs"]
+        retrain = (f"python search.py retrain --study {name}{flag} --epochs 2   (a quick check; without --epochs "
+                   f"the '{default}' protocol trains {long} epochs)" if quick else
+                   f"python search.py retrain --study {name}{flag}")
+        steps = [f"python search.py show --study {name}{flag} --pareto", retrain] + steps
+    else:
+        steps.append(f"python search.py export --study {name}{flag} --best   (writes "
+                     f"{studies.export_dir(name)})")
+    print("next:    " + "\n         ".join(steps))
 
 
 # the terminal table: (column of studies.trials_table, header, right-aligned, cell text); the page's units
@@ -156,17 +177,27 @@ def _wrap(text: str, width: int, sep: str = " ") -> list[str]:
             lines.append(cur + tail)
             cur = part
     lines.append(cur)
-    return [x for line in lines for x in (textwrap.wrap(line, width, break_on_hyphens=False)
-                                          if len(line) > width else [line])]
+    out = []
+    for i, line in enumerate(lines):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        # a stage too long for the column: wrap it without its tail, then put the tail back on
+        # its last line, so a lone "|" never takes a line of its own
+        end = tail if i < len(lines) - 1 and line.endswith(tail) else ""
+        pieces = textwrap.wrap(line[:len(line) - len(end)], max(1, width - len(end)), break_on_hyphens=False)
+        out += pieces[:-1] + [pieces[-1] + end]
+    return out
 
 
-def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
-    """(lines of at most ``width`` characters, the columns shown): always-empty columns dropped,
+def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str], list[str]]:
+    """(lines of at most ``width`` characters, the columns shown, the columns left out to fit):
+    always-empty columns dropped,
     free text wrapped inside its column (an architecture between stages), a trial without an
     architecture (pruned) given its note there, the least useful columns dropped while the rest
     cannot fit. A duplicate shows ``dup of N`` and no copied numbers: it is trial N's network."""
     if not len(df):
-        return ["(no trials)"], []
+        return ["(no trials)"], [], []
     cols: dict[str, list[str]] = {}
     for key, _, _, fmt in _SHOW:
         cols[key] = []
@@ -185,6 +216,7 @@ def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
         cols["architecture"] = [n if p else a for a, n, p in zip(cols["architecture"], cols["fail_reason"], prose)]
         cols["fail_reason"] = ["" if p else n for n, p in zip(cols["fail_reason"], prose)]
     keys = [k for k, *_ in _SHOW if any(cols[k]) and not (k == "pareto" and all(cols[k]))]   # --pareto: all *
+    dropped = []
     right = {k: r for k, _, r, _ in _SHOW}
     number = [str(n) for n in df.index]
     nw = max(1, *(len(x) for x in number))
@@ -205,6 +237,7 @@ def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
         if all(widths[k] >= min(_FREE[k], natural(k)) for k in free) or not droppable:
             break
         keys.remove(droppable[0])
+        dropped.append(droppable[0])
     widths = {k: max(1, w) for k, w in widths.items()}
 
     def render(first, cells):
@@ -217,15 +250,21 @@ def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
                  for k in keys}
         for j in range(max(len(v) for v in cells.values())):
             lines.append(render(n if j == 0 else "", [(k, cells[k][j] if j < len(cells[k]) else "") for k in keys]))
-    return lines, keys + (["duplicate"] if df["duplicate_of"].notna().any() else [])
+    return lines, keys + (["duplicate"] if df["duplicate_of"].notna().any() else []), dropped
 
 
 def _print_table(df: pd.DataFrame, memory: str, notes: list[str] = ()) -> None:
-    """The table, what its columns mean and ``notes``, fitted to the terminal (``COLUMNS`` or its width)."""
+    """The table, what its columns mean, the columns left out to fit and ``notes``, fitted to the
+    terminal (``COLUMNS`` or its width)."""
     width = shutil.get_terminal_size((120, 24)).columns
-    lines, keys = _display(df, width)
+    lines, keys, dropped = _display(df, width)
     print("\n".join(lines))
     legend = "; ".join(_LEGEND[k].format(memory=memory) for k in keys if k in _LEGEND)
+    heads = {k: h for k, h, _, _ in _SHOW}
+    if dropped:
+        legend += ("; " if legend else "") + (f"left out to fit {width} columns: "
+                                              f"{', '.join(heads[k] for k in dropped)} (a wider terminal or "
+                                              f"COLUMNS shows them; --csv keeps every column)")
     for text in ([legend] if legend else []) + list(notes):
         print(textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False))
 
@@ -301,28 +340,36 @@ def cmd_retrain(args) -> None:
     if len(done):
         _print_table(done, stats["memory"], studies.results.summary_lines(stats))
     print(f"weights under {studies.data_home() / 'runs' / args.study}")
-    _where(args.study, args.storage, studies.resolve_url(args.study, args.storage))
+    _where(args.study, args.storage, studies.resolve_url(args.study, args.storage), after="retrain")
 
 
 def cmd_dashboard(args) -> None:
-    summary = studies.dashboard(args.study, args.storage, args.out)
-    if summary["message"]:
-        print(summary["message"])
-    else:
-        tau = summary["kendall_tau"]
-        print(f"{summary['complete']} networks scored, {summary['pareto']} on the Pareto front, "
-              f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:+.3f})" if tau is not None else ""))
-    out = Path(summary["path"])
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, self-contained)")
-    if args.open:
-        import webbrowser  # noqa: PLC0415 - only for --open
-        webbrowser.open(out.resolve().as_uri())
+    opened = []
+
+    def said(summary):
+        if summary["message"]:
+            print(summary["message"])
+        else:
+            tau = summary["kendall_tau"]
+            print(f"{summary['complete']} networks scored, {summary['pareto']} on the Pareto front, "
+                  f"{summary['retrained']} retrained" + (f" (Kendall's tau {tau:+.3f})" if tau is not None else ""))
+        out = Path(summary["path"])
+        again = (f"; rewritten every {args.watch} s while the study runs (Ctrl-C stops)"
+                 if args.watch and summary["in_progress"] else "")
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, self-contained, data of "
+              f"{summary['data_at'][11:19]} UTC){again}", flush=True)
+        if args.open and not opened:
+            import webbrowser  # noqa: PLC0415 - only for --open
+            webbrowser.open(out.resolve().as_uri())
+            opened.append(out)
+
+    studies.dashboard(args.study, args.storage, args.out, watch=args.watch, say=said)
 
 
 def cmd_export(args) -> None:
     summary = studies.export(args.study, args.out, trial=None if args.best else args.trial, storage=args.storage,
                              force=args.force, device=args.device)
-    print(f"exported trial {summary['trial']} ({summary['rule']}) to {args.out}: "
+    print(f"exported trial {summary['trial']} ({summary['rule']}) to {summary['out']}: "
           f"{', '.join(Path(f).name for f in summary['files'])}")
 
 
@@ -347,6 +394,10 @@ def _load_spec(name_or_file: str) -> ArchSpec:
             return ArchSpec.from_json(text).validate(require_widths=True)
         except SpecError as e:
             raise SpecError(f"{e} (in {name_or_file})") from None
+    if name_or_file not in presets.names():
+        near = presets.similar(name_or_file)
+        raise UserError(f"unknown preset {name_or_file!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                        + f" (`search.py presets` lists all {len(presets.names())}; or give a spec .json file)")
     return presets.get(name_or_file)
 
 
@@ -366,6 +417,12 @@ def cmd_describe(args) -> None:
         "stages": models.stage_summaries(spec),
         "spec": spec.to_dict(),
     }
+    if args.svg:
+        path = Path(args.svg)
+        if path.suffix.lower() != ".svg":
+            raise UserError(f"--svg {args.svg!r}: expected a .svg file")
+        path.write_text(models.drawing.network_svg(spec), encoding="utf-8")
+        out["svg"] = str(path)
     print(json.dumps(out, indent=None if args.compact else 2))
 
 
@@ -391,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="search.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.commands = sub.choices           # name -> its parser, for the check of unknown flags
 
     r = sub.add_parser("run", help="create or resume a study and run trials")
     _flags_from_options(r)
@@ -452,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flags(d)
     d.add_argument("--out", default=None, help="HTML file (default: NAME.html in the data home)")
     d.add_argument("--open", action="store_true", help="open it in a browser")
+    d.add_argument("--watch", type=int, default=None, metavar="SECONDS",
+                   help="while the study runs, rewrite the page every SECONDS (at least 5); the page then reloads "
+                        "itself as often (a box on it stops that); ends when the study has finished its trials")
     d.set_defaults(func=cmd_dashboard)
 
     e = sub.add_parser("export", help="export a trial as spec, weights, torch.export program and card",
@@ -462,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trial", type=int, default=None, metavar="N",
                    help="export trial N (a completed trial with retrained weights: `search.py retrain` makes them)")
     g.add_argument("--best", action="store_true", help=f"the default; best by validation accuracy: {BEST_RULE}")
-    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: exports/NAME in the data home)")
     e.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     e.add_argument("--device", default=None, help="device the program is exported on (default: cpu)")
     e.set_defaults(func=cmd_export)
@@ -470,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("describe", help="params, MACs and memory of a preset or spec file, as JSON")
     ds.add_argument("spec", help="preset name (see `presets`) or a spec JSON file")
     ds.add_argument("--compact", action="store_true", help="one-line JSON")
+    ds.add_argument("--svg", default=None, metavar="FILE",
+                    help="also draw the network into FILE.svg: stem, stages with widths and strides, each stage's "
+                         "block as the graph of its scheme")
     ds.set_defaults(func=cmd_describe)
 
     ps = sub.add_parser("presets", help="list the papers' networks")
@@ -485,9 +550,44 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    # argparse lists a parser's option strings nowhere public; its actions hold them
+    return [s for a in parser._actions for s in a.option_strings]
+
+
+def _unknown_flag(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The first ``--flag`` of a command that the command does not take, in one line with the
+    nearest flag it does take. argparse would instead report a required flag as missing (the
+    misspelled one never matched it) or point to ``search.py --help``, which lists no
+    command's flags."""
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    sub = parser.commands.get(cmd)
+    if sub is None:
+        return None
+    known = _flags(sub)
+    for tok in argv[argv.index(cmd) + 1:]:
+        if tok == "--":
+            break
+        if not tok.startswith("--"):
+            continue
+        flag = tok.split("=", 1)[0]
+        if flag in known or len([k for k in known if k.startswith(flag)]) == 1:   # argparse takes a unique prefix
+            continue
+        near = difflib.get_close_matches(flag, known, n=1, cutoff=0.5)
+        return (f"search.py {cmd}: unknown option {flag}" + (f" (did you mean {near[0]}?)" if near else "")
+                + f"; see search.py {cmd} --help")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    wrong = _unknown_flag(parser, argv)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
+        return 2
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:           # --help, or a refusal already printed on one line
         return int(e.code or 0)
     try:

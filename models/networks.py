@@ -276,6 +276,12 @@ _NAMES = {"euler": "Euler", "midpoint": "Midpoint", "rk4": "RK4", "verner8": "RK
           "dopri5": "DOPRI5"}
 
 
+def scheme_name(scheme: str) -> str:
+    """A scheme in the papers' naming, as :func:`describe` writes it: ``rk38`` -> ``RK3/8``,
+    ``rkcnn-i`` -> ``RKCNN-I``."""
+    return scheme.upper() if scheme.startswith("rkcnn") else _NAMES.get(scheme, scheme)
+
+
 def describe_stage(stage: StageSpec) -> str:
     """A stage in the papers' naming: ``RK4 x7 / 64ch``, ``Nest-Midpoint x4 once``,
     ``RK8 x2 Adaptive``, ``RKCNN-I s2 r1 / k120``."""
@@ -320,4 +326,4 @@ def stage_summaries(spec: ArchSpec) -> list[dict]:
     return out
 
 
-__all__ = ["Network", "build", "describe", "describe_stage", "family", "stage_summaries", "SpecError"]
+__all__ = ["Network", "build", "describe", "describe_stage", "family", "scheme_name", "stage_summaries", "SpecError"]

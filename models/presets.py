@@ -23,6 +23,8 @@ Parameter-count conventions (checked in ``tests/test_presets.py``):
 """
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -58,12 +60,28 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def similar(name: str, n: int = 6) -> list[str]:
+    """Registered names near ``name``, nearest first, case ignored: the same name in other case,
+    then the same family with the nearest trailing number (``ho-rk4-x8`` -> ``ho-rk4-x7``,
+    ``ho-rk4-x10``, ...), then names that read alike."""
+    low = name.strip().lower()
+    by_low = {k.lower(): k for k in _REGISTRY}
+    out = [by_low[low]] if low in by_low else []
+    m = re.fullmatch(r"(.*?)(\d+)", low)
+    if m:
+        stem, num = m.group(1), int(m.group(2))
+        kin = [(abs(int(k[len(stem):]) - num), k) for k in by_low if k.startswith(stem) and k[len(stem):].isdigit()]
+        out += [by_low[k] for _, k in sorted(kin)]
+    out += [by_low[k] for k in difflib.get_close_matches(low, list(by_low), n=n, cutoff=0.6)]
+    return list(dict.fromkeys(out))[:n]
+
+
 def info(name: str) -> PresetInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = [n for n in _REGISTRY if name.split("-")[0] in n][:6]
-        hint = f"; similar: {', '.join(close)}" if close else ""
+        close = similar(name)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown preset {name!r} ({len(_REGISTRY)} registered, "
                          f"see `models.presets.names()`{hint})") from None
 

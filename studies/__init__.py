@@ -8,7 +8,7 @@ The Python form of the commands (``search.py`` is a thin layer over these)::
     studies.retrain("demo", epochs=2)                  # protocol="paper": each network its paper's
     studies.retrains("demo")                          # every retrain: protocol, epochs, accuracy per epoch
     studies.dashboard("demo")                         # writes <data home>/demo.html
-    studies.export("demo", "demo-winner/")
+    studies.export("demo")                            # writes <data home>/exports/demo/
 
 Readers: ``open_study``, ``trials_with_results``, ``trials_table``,
 ``pareto_set``, ``kendall_tau``, ``hypervolume`` (:mod:`studies.results`).
@@ -20,8 +20,9 @@ loop, worker processes), ``promotion`` (multi-fidelity), ``launch`` (``run``),
 ``retrain``, ``retrain_protocol`` (the paper rule, retrain labels),
 ``results`` (merged records, tables, the one summary every command
 prints), ``pareto`` (non-dominated sorting, crowding, hypervolume, Kendall's
-tau), ``dashboard`` (the page), ``figures`` (its plots), ``sortable_table`` (its
-table), ``export``.
+tau), ``dashboard`` (the page), ``page_sections``, ``figures``, ``space_plots``,
+``sortable_table`` and ``page_script`` (its sections, plots, importance and parallel
+coordinates, tables, style and script), ``export``.
 
 May import: ``models``, ``search_space``, ``trainers``, optuna, pandas, plotly.
 Study databases and results live in the data home (``./studies-data`` or
@@ -34,7 +35,7 @@ import pandas as pd
 
 from .config import RunOptions, StudySettings
 from .dashboard import dashboard
-from .export import export
+from .export import export, export_dir
 from .launch import run
 from .results import (crowding_distance, distinct, fidelity_results, front, hypervolume, kendall_tau, lineage_counts,
                       memory_key, nondominated_ranks, pareto_mask, pareto_numbers, pareto_set, rank_for_promotion,
@@ -44,7 +45,7 @@ from .storage import StorageError, data_home, default_url, open_existing, redact
 from .worker import quiet_optuna
 
 __all__ = ["RunOptions", "StorageError", "StudySettings", "crowding_distance", "dashboard", "data_home",
-           "default_url", "distinct", "export", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts",
+           "default_url", "distinct", "export", "export_dir", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts",
            "memory_key", "nondominated_ranks", "open_study", "pareto_mask", "pareto_numbers", "pareto_set",
            "rank_for_promotion", "redact_url", "resolve_url", "retrain", "retrain_results", "retrains", "run", "show",
            "spec_of", "summary", "summary_lines", "trials_table", "trials_with_results"]

@@ -10,7 +10,10 @@ The output folder holds
                       layout, image size, the mean/std it applies, the class names;
 * ``spec.json``       the architecture (``models.build(ArchSpec.from_json(...))`` rebuilds it);
 * ``weights.pt``      the trained ``state_dict`` of that network (which takes normalised inputs);
-* ``model_card.md``   what the network is, what it was trained on, how well it did, how to use it.
+* ``model_card.md``   what the network is, what it was trained on, how well it did, how to use it;
+* ``network.svg``     the network drawn from its spec (:func:`models.drawing.network_svg`), shown in the card.
+
+The default folder is ``exports/NAME`` in the data home (never inside the project's checkout).
 
 The default trial ("best") is chosen by **validation** accuracy, never by test
 accuracy (choosing on the test set would bias the reported figure upward):
@@ -43,9 +46,9 @@ from .results import finite, first_line, pareto_numbers, plural, trials_with_res
 from .retrain_protocol import epochs_text
 from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
-__all__ = ["BEST_RULE", "FILES", "export", "export_trial", "find_weights", "select_trial"]
+__all__ = ["BEST_RULE", "FILES", "export", "export_dir", "export_trial", "find_weights", "select_trial"]
 
-FILES = ("spec.json", "weights.pt", "model.pt2", "preprocess.json", "model_card.md")
+FILES = ("spec.json", "weights.pt", "model.pt2", "preprocess.json", "model_card.md", "network.svg")
 ATOL = 1e-5
 BEST_RULE = ("the highest validation accuracy (proxy, at the longest fidelity each trial reached) among the "
              "Pareto-front trials that were retrained; test accuracy is never used to choose")
@@ -265,6 +268,7 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
         summary = dict(study=study.study_name, trial=trial.number, rule=rule, out=str(out), spec=spec,
                        weights_source=str(weights_file), dynamic_batch=dynamic, max_abs_error=err,
                        device=str(dev), input_shape=list(shape), data=data)
+        (tmp / "network.svg").write_text(models.drawing.network_svg(spec), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card(study, trial, spec, summary, tmp, storage_url))
         out.mkdir(parents=True, exist_ok=True)
         for name in FILES:
@@ -275,10 +279,17 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     return summary
 
 
-def export(study: str, out: str | Path, *, trial: int | None = None, storage: str | None = None,
+def export_dir(study: str) -> Path:
+    """Where ``export`` writes without ``--out``: ``exports/NAME`` in the data home."""
+    return data_home() / "exports" / study
+
+
+def export(study: str, out: str | Path | None = None, *, trial: int | None = None, storage: str | None = None,
            force: bool = False, device: str | None = None) -> dict:
     """Export trial ``trial`` of ``study`` (default: the best, see :data:`BEST_RULE`) into
-    the folder ``out``; return the summary (``rule`` says how the trial was chosen)."""
+    the folder ``out`` (default :func:`export_dir`); return the summary (``rule`` says how the
+    trial was chosen, ``out`` where it went)."""
+    out = export_dir(study) if out is None else out
     with storage_errors(resolve_url(study, storage)):
         store = open_existing(study, storage)
         try:
@@ -314,7 +325,7 @@ USAGE = """\
 import json, numpy as np, torch
 from PIL import Image
 model = torch.export.load("model.pt2").module()
-x = torch.from_numpy(np.asarray(Image.open("image.png").convert("RGB").resize(({size}, {size})))).permute(2, 0, 1)[None] / 255.0
+x = torch.from_numpy(np.array(Image.open("image.png").convert("RGB").resize(({size}, {size})))).permute(2, 0, 1)[None] / 255.0
 print(json.load(open("preprocess.json"))["classes"][model(x.float()).argmax(1).item()])"""
 
 
@@ -375,6 +386,9 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
         "| stage | name | scheme | blocks | nesting | step | width | downsample |",
         "|---|---|---|---|---|---|---|---|",
         stage_rows,
+        "",
+        "![The network drawn from its spec: stem, stages with their widths and strides, and each stage's block "
+        "as the graph of its scheme](network.svg)",
         "",
         "## Measurements",
         "",

@@ -1,22 +1,21 @@
-"""The dashboard's plotly figures, one encoding for all of them.
+"""The dashboard's plotly figures and their one legend.
 
-Every marker says four things, each on its own channel:
+Every marker says four things, each on its own channel, the same in every plot:
 
-* **colour** - the network's dominant scheme family (:func:`dominant_family`),
-  from Paul Tol's "muted" palette (colour-blind safe, 9 colours); a family keeps
-  its colour in every study, whatever else the study holds;
-* **symbol** - what the accuracy is: circle = proxy validation accuracy, star =
-  one of the papers' presets (proxy), diamond = test accuracy after the full
-  retrain;
-* **outline** - black on the Pareto front; dominated points are faded;
-* **number inside** - the epochs behind that accuracy (the proxy rung the trial
-  reached, or the retrain's epochs): the front compares each trial at the
-  highest rung it reached, so a promoted trial's number is larger.
+* **colour** - the network's dominant scheme family (:func:`dominant_family`), from Paul
+  Tol's "muted" palette (colour-blind safe); a family keeps its colour in every study;
+* **symbol** - what the y value is: circle = proxy validation accuracy, star = one of the
+  papers' presets (proxy), diamond = test accuracy after a retrain;
+* **fill** - filled with a black outline = on the Pareto front; hollow (white, ringed in its
+  colour) = not on it: dominated, or (history) a score later replaced by a longer proxy;
+* **number inside** - the epochs behind the y value: the proxy rung for a proxy accuracy,
+  the retrain's epochs for a test accuracy.
 
-The full scheme combination, every rung's accuracy and the duplicates a network
-absorbed are in the hover. Legends are drawn by legend-only traces, so an entry
-looks like the channel it explains (plotly would draw a data trace's entry with
-its points' mean opacity).
+Front networks are labelled ``#N`` (the trial number, the key of ``show``, ``export --trial``
+and the page's front table). The plots carry no titles or legends of their own: the page
+puts each title in an HTML heading (which wraps in a narrow window) and draws
+:func:`legend_html` once. Each point's ``customdata`` is its trial number (a click on it
+draws that network).
 """
 from __future__ import annotations
 
@@ -26,44 +25,52 @@ from collections import Counter
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from models import stage_summaries
+from models import scheme_name, stage_summaries
 from models.schemes import TABLEAUX
 from models.spec import RKCNN_SCHEMES, scheme_names
 
-__all__ = ["FAMILY_COLOURS", "cost_figure", "dominant_family", "history_figure", "pareto_figure", "retrain_figure",
-           "scheme_family"]
+from .results import plural
+
+__all__ = ["FAMILY_COLOURS", "PROXY_AXIS", "TEST_AXIS", "cost_figures", "dominant_family", "history_figures",
+           "legend_html", "pareto_figure", "retrain_figure", "retrain_text", "scheme_family"]
 
 # Paul Tol's "muted" qualitative scheme, in his order (neighbours stay apart): colour-blind safe
 _PALETTE = ["#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933", "#AA4499"]
 UNKNOWN = "other"                   # a scheme this project does not know (a study made by other means)
 _UNKNOWN_COLOUR = "#BBBBBB"
-_FADED = 0.35                       # opacity of dominated points
-_FRONT_OUTLINE = 2.0                # px, black, around points on the Pareto front
-_SIZE = {"circle": 19, "star": 24, "diamond": 19}   # px; large enough to hold a two-digit epoch count
-_SYMBOL_NAMES = {"circle": "proxy: validation accuracy", "star": "paper's preset (proxy)",
-                 "diamond": "retrained: test accuracy"}
+_LINE = "#222222"                   # lines that are no family's: the front, best so far, hypervolume
+_OUTLINE = 2.0                      # px, black, around a filled (front) marker
+_RING = 2.5                         # px, the family colour around a hollow marker
+_SIZE = {"circle": 19, "star": 24, "diamond": 23}   # px; large enough to hold a two-digit epoch count
+SYMBOLS = {"circle": "proxy: validation accuracy", "star": "one of the papers' presets (proxy)",
+           "diamond": "retrained: test accuracy"}
+PROXY_AXIS = "val. accuracy, proxy (%)"
+TEST_AXIS = "test accuracy, retrained (%)"
 
 
-def _family_of_scheme() -> dict[str, str]:
-    """Scheme -> family, from the registries: Runge-Kutta tableaux by order, LM, RKCNN."""
+def _families() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Scheme -> family, and family -> its schemes, from the registries: Runge-Kutta tableaux
+    by order, LM, RKCNN. A family's name uses the papers' scheme names (``RK3/8``)."""
     by_order: dict[int, list[str]] = {}
     for name, t in TABLEAUX.items():
         by_order.setdefault(t.order, []).append(name)
-    out = {}
+    of, members = {}, {}
     for order, names in sorted(by_order.items()):
-        for n in names:
-            out[n] = f"RK order {order} ({', '.join(names)})"
+        fam = f"RK order {order}: {', '.join(scheme_name(n) for n in names)}"
+        members[fam] = names
+        of.update({n: fam for n in names})
     for n in scheme_names():
         if n == "lm":
-            out[n] = "LM, linear multi-step"
+            of[n] = "LM: linear multi-step"
+            members[of[n]] = [n]
         elif n in RKCNN_SCHEMES:
-            out[n] = f"RKCNN ({', '.join(RKCNN_SCHEMES)})"
-    return out
+            of[n] = f"RKCNN: {', '.join(scheme_name(s) for s in RKCNN_SCHEMES)}"
+            members[of[n]] = list(RKCNN_SCHEMES)
+    return of, members
 
 
-_FAMILY = _family_of_scheme()
+_FAMILY, FAMILY_SCHEMES = _families()
 # one colour per family, fixed by the registries' order (not by what a study holds)
 FAMILY_COLOURS = {f: _PALETTE[i] if i < len(_PALETTE) else _UNKNOWN_COLOUR
                   for i, f in enumerate(dict.fromkeys(_FAMILY.values()))}
@@ -71,7 +78,7 @@ FAMILY_COLOURS[UNKNOWN] = _UNKNOWN_COLOUR
 
 
 def scheme_family(scheme: str) -> str:
-    """The family of a stage scheme (``rk4`` -> ``RK order 4 (rk4, rk38)``); labels like
+    """The family of a stage scheme (``rk4`` -> ``RK order 4: RK4, RK3/8``); labels like
     ``rk4(paper)-nested`` are read by their scheme name."""
     base = str(scheme).split("(")[0].removesuffix("-nested")
     return _FAMILY.get(base, UNKNOWN)
@@ -101,192 +108,210 @@ def _text_colour(hex_colour: str) -> str:
 
 
 def _ok(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
+    return v is not None and v is not pd.NA and not (isinstance(v, float) and math.isnan(v))
 
 
-def _fmt(v, spec: str = ",", suffix: str = "") -> str:
+def _num(v, spec: str = ".2f", suffix: str = "") -> str:
     return f"{v:{spec}}{suffix}" if _ok(v) else "–"
+
+
+def _count(v) -> str:
+    """A count (parameters, MACs) as an integer with thousands separators."""
+    return f"{int(round(float(v))):,}" if _ok(v) else "–"
 
 
 def _epochs(v) -> str:
     return str(int(v)) if _ok(v) else "?"
 
 
+def retrain_text(protocol, epochs) -> str:
+    """How a retrained accuracy was made, in words: ``fast, 2 epochs``."""
+    parts = [str(protocol)] if _ok(protocol) and protocol else []
+    if _ok(epochs):
+        parts.append(plural(int(epochs), "epoch"))
+    return ", ".join(parts) or "retrained"
+
+
 def hover(r) -> str:
     """The hover text of one network (a row of :func:`studies.dashboard.trials_frame`)."""
     lines = [f"<b>trial {r.number}</b>" + (f" · preset <b>{html.escape(r.preset)}</b>" if r.preset else ""),
              html.escape(r.architecture or "(no spec)"),
-             f"val. accuracy, proxy: <b>{_fmt(r.accuracy, '.2f', '%')}</b> at {_epochs(r.proxy_epochs)} epochs"
+             f"val. accuracy, proxy: <b>{_num(r.accuracy, '.2f', '%')}</b> after "
+             f"{plural(int(r.proxy_epochs), 'epoch') if _ok(r.proxy_epochs) else '? epochs'}"
              + (f" (rungs: {html.escape(r.rungs)})" if r.rungs and "," in r.rungs else "")]
     if _ok(r.retrain_accuracy):
-        proto = f"{html.escape(str(r.retrain_protocol))}, " if r.retrain_protocol else ""
-        lines.append(f"test accuracy, retrained ({proto}{_epochs(r.retrain_epochs)} epochs): "
-                     f"<b>{_fmt(r.retrain_accuracy, '.2f', '%')}</b>")
-    lines += [f"memory: {_fmt(r.memory_mib, '.3f')} MiB per image",
-              f"params: {_fmt(r.params)} · MACs: {_fmt(r.macs)}",
-              f"schemes: {html.escape(r.scheme)} · colour: {html.escape(r.family)}"
-              + (" · <b>on the Pareto front</b>" if r.pareto else "")]
+        lines.append(f"test accuracy, retrained ({html.escape(getattr(r, "retrain_how", None) or retrain_text(r.retrain_protocol, r.retrain_epochs))}): "
+                     f"<b>{_num(r.retrain_accuracy, '.2f', '%')}</b>")
+    lines += [f"memory: {_num(r.memory_mib, '.3f')} MiB per image",
+              f"params: {_count(r.params)} · MACs: {_count(r.macs)}",
+              f"colour: {html.escape(r.family)}" + (" · <b>on the Pareto front</b>" if r.pareto else "")]
     if r.duplicates:
         lines.append(f"also proposed as trial {r.duplicates} (same network, not trained again)")
+    lines.append("<i>click: draw this network</i>")
     return "<br>".join(lines)
 
 
-def _markers(g: pd.DataFrame, symbol, numbers, *, fade: bool = True) -> dict:
-    """Scatter keywords for the rows ``g`` of one family: colour, symbol, front outline,
-    fading, and the epoch count written inside each marker."""
+def _markers(g: pd.DataFrame, symbol, numbers, filled=None, hovers=None) -> dict:
+    """Scatter keywords for the rows ``g`` of one family: colour, symbol, fill (filled with a
+    black outline where ``filled``, default: on the front; hollow otherwise), the epochs inside."""
     colour = FAMILY_COLOURS.get(g["family"].iloc[0], _UNKNOWN_COLOUR)
     symbols = list(symbol) if not isinstance(symbol, str) else [symbol] * len(g)
-    front = list(g["pareto"]) if fade else [True] * len(g)
+    filled = list(g["pareto"]) if filled is None else list(filled)
     solid = _text_colour(colour)
     return dict(
         mode="markers+text", text=[_epochs(e) for e in numbers], textposition="middle center",
-        textfont=dict(size=10, color=[solid if p else "#444" for p in front]),
-        marker=dict(symbol=symbols, size=[_SIZE[s] for s in symbols], color=colour,
-                    opacity=[1.0 if p else _FADED for p in front],
-                    line=dict(width=[_FRONT_OUTLINE if p else 0 for p in g["pareto"]], color="#000")),
-        hovertext=[hover(r) for r in g.itertuples()], hoverinfo="text", showlegend=False,
-        legendgroup=g["family"].iloc[0], cliponaxis=False)
-
-
-def _legend(fig, families, symbols, *, front: bool = True) -> None:
-    """Legend-only entries (no points): a colour per family present, a symbol per kind
-    of accuracy present, the outline and fading of the front."""
-    first = True
-    for fam in sorted(families, key=list(FAMILY_COLOURS).index):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=fam, legendgroup=fam,
-                                 legendgrouptitle_text="colour: dominant scheme family" if first else None,
-                                 marker=dict(symbol="circle", size=12, color=FAMILY_COLOURS[fam]),
-                                 hoverinfo="skip"))
-        first = False
-    for i, s in enumerate(s for s in _SYMBOL_NAMES if s in symbols):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=_SYMBOL_NAMES[s], legendgroup="symbol",
-                                 legendgrouptitle_text="symbol; number inside: epochs" if i == 0 else None,
-                                 marker=dict(symbol=s, size=12, color="#fff", line=dict(width=1, color="#555")),
-                                 hoverinfo="skip"))
-    if front:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="black outline: on the Pareto front",
-                                 legendgroup="front", legendgrouptitle_text="outline",
-                                 marker=dict(symbol="circle", size=12, color="#999",
-                                             line=dict(width=_FRONT_OUTLINE, color="#000")), hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="faded: dominated", legendgroup="front",
-                                 marker=dict(symbol="circle", size=12, color="#999", opacity=_FADED),
-                                 hoverinfo="skip"))
-    fig.update_layout(legend=dict(tracegroupgap=6))
+        textfont=dict(size=10, color=[solid if f else "#222" for f in filled]),
+        marker=dict(symbol=symbols, size=[_SIZE[s] for s in symbols], color=[colour if f else "#fff" for f in filled],
+                    line=dict(width=[_OUTLINE if f else _RING for f in filled],
+                              color=["#000" if f else colour for f in filled])),
+        hovertext=hovers if hovers is not None else [hover(r) for r in g.itertuples()], hoverinfo="text",
+        customdata=list(g["number"]), showlegend=False, cliponaxis=False)
 
 
 def _symbols(g: pd.DataFrame, other: str = "circle") -> list[str]:
     return ["star" if p else other for p in g["is_preset"]]
 
 
-PROXY_AXIS = "val. accuracy, proxy (%)"
-TEST_AXIS = "test accuracy, retrained (%)"
+def _label(fig, x, y, text: str) -> None:
+    """A label beside a marker (up and right of it by its radius: it never covers the epochs inside)."""
+    fig.add_annotation(x=x, y=y, text=html.escape(text), showarrow=False, xanchor="left", yanchor="bottom",
+                       xshift=8, yshift=8, font=dict(size=11, color="#111"), bgcolor="rgba(255,255,255,0.6)",
+                       borderpad=0, name="front-label")
 
+
+def _layout(fig, height: int, **axes) -> go.Figure:
+    fig.update_layout(template="plotly_white", height=height, showlegend=False, hoverlabel=dict(align="left"),
+                      margin=dict(t=12, r=12, b=50, l=60), **axes)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# the legend, once for the page
+# --------------------------------------------------------------------------
+
+def _swatch(symbol: str, fill: str, ring: str, width: float = 1.5) -> str:
+    shape = {"circle": '<circle cx="9" cy="9" r="6.5"',
+             "star": '<polygon points="9,1.5 11.2,6.6 16.8,6.9 12.5,10.4 13.9,15.9 9,12.9 4.1,15.9 5.5,10.4 1.2,6.9 '
+                     '6.8,6.6"',
+             "diamond": '<polygon points="9,1.5 16.5,9 9,16.5 1.5,9"'}[symbol]
+    return (f'<svg width="18" height="18" viewBox="0 0 18 18" aria-hidden="true">{shape} fill="{fill}" '
+            f'stroke="{ring}" stroke-width="{width}"/></svg>')
+
+
+def legend_html(families, symbols) -> str:
+    """The page's one legend (``#legend``): a colour per family present (the schemes it holds,
+    with the names the code and the spec use), the symbols present, fill and the number inside."""
+    fams = [f for f in FAMILY_COLOURS if f in set(families)]
+    items = []
+    for f in fams:
+        code = ", ".join(FAMILY_SCHEMES.get(f, []))
+        items.append(f'<span class="lg" data-family="{html.escape(f, quote=True)}" data-colour="{FAMILY_COLOURS[f]}"'
+                     f' title="{html.escape(f"in spec.json and --csv: {code}" if code else "", quote=True)}">'
+                     f'{_swatch("circle", FAMILY_COLOURS[f], "#000", 1)}{html.escape(f)}</span>')
+    kinds = [f'<span class="lg">{_swatch(s, "#fff", "#555")}{html.escape(SYMBOLS[s])}</span>'
+             for s in SYMBOLS if s in symbols]
+    fill = [f'<span class="lg">{_swatch("circle", "#888", "#000", _OUTLINE)}filled: on the Pareto front, '
+            f'labelled #trial</span>',
+            f'<span class="lg">{_swatch("circle", "#fff", "#888", _RING)}hollow: not on it (dominated, or a score '
+            f'replaced by a longer proxy)</span>',
+            '<span class="lg"><b class="num">3</b>number inside: the epochs behind the y value</span>']
+    return ('<div id="legend" class="legend"><div><b>colour: dominant scheme family</b> ' + "".join(items)
+            + '</div><div><b>symbol</b> ' + "".join(kinds) + ' <b>fill</b> ' + "".join(fill) + "</div></div>")
+
+
+# --------------------------------------------------------------------------
+# the plots
+# --------------------------------------------------------------------------
 
 def pareto_figure(done: pd.DataFrame, memory_label: str):
-    """Accuracy vs memory: every network at the highest rung it reached, the front as
-    a staircase, the papers' presets named, retrained results joined to their proxy."""
+    """Accuracy vs memory: every network at the highest rung it reached, the front as a
+    staircase and labelled ``#N``, the papers' presets named, each retrained result an arrow
+    from its proxy circle to its diamond."""
     fig = go.Figure()
     front = done[done["pareto"]].sort_values("memory_mib")
     if len(front) > 1:
         fig.add_trace(go.Scatter(x=front["memory_mib"], y=front["accuracy"], mode="lines", line_shape="hv",
-                                 name="Pareto front", hoverinfo="skip", showlegend=False,
-                                 line=dict(color="#444", width=1, dash="dot")))
+                                 hoverinfo="skip", showlegend=False, line=dict(color=_LINE, width=1.5)))
     rt = done[done["retrain_accuracy"].notna()]
-    if len(rt):
-        # a faint segment from each proxy point to its retrained result (lines only: no markers)
-        xs, ys = [], []
-        for r in rt.itertuples():
-            xs += [r.memory_mib, r.memory_mib, None]
-            ys += [r.accuracy, r.retrain_accuracy, None]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#999", width=1, dash="dot"),
-                                 hoverinfo="skip", showlegend=False, connectgaps=False))
+    for fam, g in rt.groupby("family", sort=True):     # under the circles: a circle on its diamond shows both
+        fig.add_trace(go.Scatter(x=g["memory_mib"], y=g["retrain_accuracy"], name=fam,
+                                 **_markers(g, "diamond", g["retrain_epochs"])))
     for fam, g in done.groupby("family", sort=True):
         fig.add_trace(go.Scatter(x=g["memory_mib"], y=g["accuracy"], name=fam,
                                  **_markers(g, _symbols(g), g["proxy_epochs"])))
-    for fam, g in rt.groupby("family", sort=True):
-        fig.add_trace(go.Scatter(x=g["memory_mib"], y=g["retrain_accuracy"], name=fam,
-                                 **_markers(g, "diamond", g["retrain_epochs"], fade=False)))
-    presets = done[done["is_preset"]]
-    if len(presets):
-        fig.add_trace(go.Scatter(x=presets["memory_mib"], y=presets["accuracy"], mode="text",
-                                 text=list(presets["preset"]), textposition="top center", textfont=dict(size=10),
-                                 hoverinfo="skip", showlegend=False))
-    kinds = {"circle"} if (~done["is_preset"]).any() else set()
-    kinds |= {"star"} if len(presets) else set()
-    kinds |= {"diamond"} if len(rt) else set()
-    _legend(fig, set(done["family"]), kinds)
-    fig.update_layout(title="Accuracy vs memory: each network at the highest proxy rung it reached",
-                      xaxis_title=memory_label,
-                      yaxis_title=f"{PROXY_AXIS}; ◆ {TEST_AXIS}" if len(rt) else PROXY_AXIS,
-                      height=560, margin=dict(t=60, r=20))
-    return fig
+    for r in rt.itertuples():
+        fig.add_annotation(x=r.memory_mib, y=r.retrain_accuracy, ax=r.memory_mib, ay=r.accuracy, xref="x", yref="y",
+                           axref="x", ayref="y", showarrow=True, arrowhead=3, arrowsize=1, arrowwidth=1.3,
+                           standoff=12, startstandoff=10, opacity=0.7,
+                           arrowcolor=FAMILY_COLOURS.get(r.family, _UNKNOWN_COLOUR), text="")
+    for r in done[done["pareto"] | done["is_preset"]].itertuples():
+        _label(fig, r.memory_mib, r.accuracy, " ".join(x for x in (f"#{r.number}" if r.pareto else "", r.preset) if x))
+    y_title = f"{PROXY_AXIS}; ◆ {TEST_AXIS}" if len(rt) else PROXY_AXIS
+    return _layout(fig, 520, xaxis_title=memory_label, yaxis_title=y_title)
 
 
-def cost_figure(done: pd.DataFrame, budget: float | None = None, tolerance: float | None = None,
-                budget_label: str = ""):
-    """Accuracy vs parameters (the budget ± tolerance shaded) and vs MACs per image."""
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=("accuracy vs parameters", "accuracy vs MACs per image"))
-    for fam, g in done.groupby("family", sort=True):
-        for col, key in ((1, "params"), (2, "macs")):
-            fig.add_trace(go.Scatter(x=g[key], y=g["accuracy"], name=fam,
-                                     **_markers(g, _symbols(g), g["proxy_epochs"])), row=1, col=col)
-    if budget:
-        lo, hi = (budget * (1 - tolerance), budget * (1 + tolerance)) if tolerance else (budget, budget)
-        fig.add_vrect(x0=lo, x1=hi, row=1, col=1, fillcolor="#888", opacity=0.10, layer="below",
-                      line=dict(color="#999", width=1, dash="dot"))
-        fig.add_vline(x=budget, row=1, col=1, line=dict(color="#666", width=1, dash="dash"),
-                      annotation_text=f"budget {budget_label}", annotation_position="bottom right",
-                      annotation_font=dict(size=10, color="#444"))
-        # show the band's edges: the axis spans the band and every network, with a margin
-        left, right = min(lo, done["params"].min()), max(hi, done["params"].max())
-        pad = 0.08 * (right - left or budget)
-        fig.update_xaxes(range=[left - pad, right + pad], row=1, col=1)
-    kinds = {"circle"} | ({"star"} if done["is_preset"].any() else set())
-    _legend(fig, set(done["family"]), kinds)
-    fig.update_xaxes(title_text="parameters", row=1, col=1)
-    fig.update_xaxes(title_text="MACs per image", row=1, col=2)
-    fig.update_yaxes(title_text=PROXY_AXIS, row=1, col=1)
-    fig.update_layout(height=460, margin=dict(t=60, r=20))
-    return fig
+def cost_figures(done: pd.DataFrame, budget: float | None = None, tolerance: float | None = None,
+                 budget_label: str = ""):
+    """Accuracy vs parameters (the budget ± tolerance shaded), and accuracy vs MACs per image."""
+    figs = {}
+    for key, title in (("params", "parameters"), ("macs", "MACs per image")):
+        fig = go.Figure()
+        for fam, g in done.groupby("family", sort=True):
+            fig.add_trace(go.Scatter(x=g[key], y=g["accuracy"], name=fam, **_markers(g, _symbols(g), g["proxy_epochs"])))
+        if key == "params" and budget:
+            lo, hi = (budget * (1 - tolerance), budget * (1 + tolerance)) if tolerance else (budget, budget)
+            fig.add_vrect(x0=lo, x1=hi, fillcolor="#888", opacity=0.10, layer="below",
+                          line=dict(color="#999", width=1, dash="dot"))
+            fig.add_vline(x=budget, line=dict(color="#666", width=1, dash="dash"),
+                          annotation_text=f"budget {budget_label}", annotation_position="bottom right",
+                          annotation_font=dict(size=10, color="#444"))
+            # show the band's edges: the axis spans the band and every network, with a margin
+            left, right = min(lo, done["params"].min()), max(hi, done["params"].max())
+            pad = 0.08 * (right - left or budget)
+            fig.update_xaxes(range=[left - pad, right + pad])
+        figs[key] = _layout(fig, 400, xaxis_title=title, yaxis_title=PROXY_AXIS)
+    return figs["params"], figs["macs"]
 
 
-def retrain_figure(both: pd.DataFrame, tau: float | None):
-    """Proxy vs retrained accuracy of the distinct retrained networks; Kendall's tau in the title."""
+def retrain_figure(both: pd.DataFrame):
+    """Proxy vs retrained accuracy of the distinct retrained networks (Kendall's tau goes in the
+    page's heading); the number inside: the retrain's epochs (the y value's)."""
     fig = go.Figure()
     for fam, g in both.groupby("family", sort=True):
         fig.add_trace(go.Scatter(x=g["accuracy"], y=g["retrain_accuracy"], name=fam,
-                                 **_markers(g, _symbols(g, "diamond"), g["proxy_epochs"], fade=False)))
-    kinds = {"diamond"} | ({"star"} if both["is_preset"].any() else set())
-    _legend(fig, set(both["family"]), kinds, front=False)
-    n = len(both)
-    what = (f"Kendall's τ = {tau:.3f} (n = {n} networks)" if tau is not None
-            else f"Kendall's τ needs ≥ 2 retrained networks (n = {n})")
-    fig.update_layout(title=f"Proxy vs retrained accuracy: {what}; number inside: proxy epochs",
-                      xaxis_title=PROXY_AXIS, yaxis_title=TEST_AXIS, height=460, margin=dict(t=60, r=20))
-    return fig
+                                 **_markers(g, _symbols(g, "diamond"), g["retrain_epochs"])))
+    for r in both.itertuples():
+        _label(fig, r.accuracy, r.retrain_accuracy, f"#{r.number}")
+    return _layout(fig, 420, xaxis_title=f"{PROXY_AXIS}, at the highest rung each reached", yaxis_title=TEST_AXIS)
 
 
-def history_figure(done: pd.DataFrame, hv: list[tuple[int, float]]):
-    """Left: proxy accuracy per network and the best so far; right: the hypervolume of
-    the networks so far (a two-objective study's progress)."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, column_widths=[0.6, 0.4],
-                        subplot_titles=("val. accuracy per trial and the best so far",
-                                        "hypervolume of the front so far (normalised)"))
-    d = done.sort_values("number")
-    fig.add_trace(go.Scatter(x=d["number"], y=d["accuracy"].cummax(), mode="lines", line_shape="hv",
-                             name="best so far", line=dict(color="#d62728", width=2), hoverinfo="y"), row=1, col=1)
-    for fam, g in d.groupby("family", sort=True):
-        fig.add_trace(go.Scatter(x=g["number"], y=g["accuracy"], name=fam,
-                                 **_markers(g, _symbols(g), g["proxy_epochs"], fade=False)), row=1, col=1)
-    if hv:
-        fig.add_trace(go.Scatter(x=[n for n, _ in hv], y=[v for _, v in hv], mode="lines", line_shape="hv",
-                                 name="hypervolume", line=dict(color="#332288", width=2),
-                                 hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>"), row=1, col=2)
-    _legend(fig, set(d["family"]), set(), front=False)
-    fig.update_xaxes(title_text="trial number")
-    fig.update_yaxes(title_text=PROXY_AXIS, row=1, col=1)
-    fig.update_yaxes(title_text="hypervolume (accuracy × memory)", rangemode="tozero", row=1, col=2)
-    fig.update_layout(title="Optimisation history (each network at the highest rung it reached)", height=420,
-                      margin=dict(t=80, r=20))
-    return fig
+def history_figures(done: pd.DataFrame, events: pd.DataFrame, hv: list[float]):
+    """In the order the scores were measured (a promoted score when its longer proxy finished):
+    each score and the best current score, and the hypervolume of the front as it stood.
+
+    ``events``: one row per measured score (``number``, ``epochs``, ``accuracy`` in percent,
+    ``at``, ``current`` = not replaced later by a longer proxy), in order; ``hv``: the
+    normalised hypervolume after each."""
+    fig = go.Figure()
+    x = list(range(1, len(events) + 1))
+    best, current = [], {}
+    for n, a in zip(events["number"], events["accuracy"]):
+        current[n] = a
+        best.append(max(current.values()))
+    fig.add_trace(go.Scatter(x=x, y=best, mode="lines", line_shape="hv", line=dict(color=_LINE, width=2),
+                             hovertemplate="best current score: %{y:.2f}%<extra></extra>", showlegend=False))
+    ev = events.assign(k=x).merge(done.drop(columns=["accuracy", "proxy_epochs"]), on="number", how="inner")
+    for fam, g in ev.groupby("family", sort=True):
+        filled = [bool(p and c) for p, c in zip(g["pareto"], g["current"])]
+        hovers = [f"<b>trial {r.number}</b>: {r.accuracy:.2f}% after {plural(int(r.epochs), 'epoch')}"
+                  f"<br>measured {html.escape(str(r.at))}" + ("" if r.current else "<br>replaced later by its longer proxy")
+                  + f"<br>{html.escape(r.architecture or '')}" for r in g.itertuples()]
+        fig.add_trace(go.Scatter(x=g["k"], y=g["accuracy"], name=fam,
+                                 **_markers(g, _symbols(g), g["epochs"], filled=filled, hovers=hovers)))
+    acc = _layout(fig, 400, xaxis_title="scores in the order measured", yaxis_title=PROXY_AXIS)
+    hvf = go.Figure(go.Scatter(x=x, y=hv, mode="lines", line_shape="hv", line=dict(color=_LINE, width=2),
+                               customdata=list(events["number"]),
+                               hovertemplate="after score %{x} (trial %{customdata}): %{y:.4f}<extra></extra>"))
+    _layout(hvf, 400, xaxis_title="scores in the order measured", yaxis_title="hypervolume (accuracy × memory)")
+    hvf.update_yaxes(rangemode="tozero")
+    return acc, hvf

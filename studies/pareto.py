@@ -9,8 +9,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["crowding_distance", "hypervolume", "kendall_tau", "nondominated_ranks", "pareto_mask",
-           "rank_for_promotion"]
+__all__ = ["crowding_distance", "hypervolume", "hypervolume_trace", "kendall_tau", "nondominated_ranks",
+           "pareto_mask", "rank_for_promotion"]
 
 
 
@@ -91,6 +91,28 @@ def hypervolume(acc: Sequence[float], mem: Sequence[float], ref_mem: float | Non
         best = max(best, a)
         area += (nxt - m) * (best - ref_acc)
     return float(area / ref_mem) if normalize and ref_mem > 0 else float(area)
+
+
+def hypervolume_trace(keys: Sequence, acc: Sequence[float], mem: Sequence[float], ref_mem: float,
+                      ref_acc: float = 0.0) -> list[float]:
+    """The normalised :func:`hypervolume` after each of a sequence of scores, in the order given,
+    where a score replaces the earlier one of the same ``key`` (a trial's longer proxy replaces
+    its first-rung score): the front as it stood after each measurement. The curve falls where
+    a replacing score is worse. Each step sorts the current points by memory and sweeps them
+    (a running maximum of accuracy), ``O(k log k)`` for ``k`` points: no dominance matrix."""
+    current: dict = {}
+    out = []
+    for k, a, m in zip(keys, acc, mem):
+        current[k] = (float(m), float(a))
+        pts = np.array(sorted(p for p in current.values() if math.isfinite(p[0]) and math.isfinite(p[1])
+                              and p[0] < ref_mem and p[1] > ref_acc)).reshape(-1, 2)
+        if not len(pts) or ref_mem <= 0:
+            out.append(0.0)
+            continue
+        best = np.maximum.accumulate(pts[:, 1]) - ref_acc            # best accuracy at memory <= each point's
+        widths = np.diff(np.append(pts[:, 0], ref_mem))
+        out.append(float((widths * best).sum() / ref_mem))
+    return out
 
 
 def kendall_tau(x: Iterable[float], y: Iterable[float]) -> float:

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from models import ArchSpec
 
-from .pareto import (crowding_distance, hypervolume, kendall_tau, nondominated_ranks, pareto_mask,
+from .pareto import (crowding_distance, hypervolume, hypervolume_trace, kendall_tau, nondominated_ranks, pareto_mask,
                      rank_for_promotion)
 from .retrain_protocol import describe_retrain
 from .storage import data_home
@@ -108,7 +108,8 @@ def trials_with_results(study, trials=None) -> list:
     ``user_attrs`` (schema in ``docs/design.md``):
 
     * ``val_accuracy@E`` for every fidelity E evaluated, ``proxy_epochs`` = the
-      longest fidelity with an accuracy, ``val_accuracy`` = the accuracy there;
+      longest fidelity with an accuracy, ``val_accuracy`` = the accuracy there,
+      ``proxy_seconds`` = the seconds of that run;
       ``values[0]`` of a COMPLETE trial is replaced by that accuracy (Optuna's
       stored value, which the sampler learns from, stays the first rung's);
     * ``retrain_test_accuracy``, ``retrain_protocol``, ``retrain_epochs``,
@@ -135,6 +136,7 @@ def trials_with_results(study, trials=None) -> list:
             ua["fail_reason"] = "worker lost (no heartbeat)" + (
                 f"; retried as trial {retried_as[t.number]}" if t.number in retried_as else "")
         src = ua.get("duplicate_of", t.number)   # a duplicate shares its twin's later results
+        first_rung = (ua.get("proxy_epochs"), ua.get("proxy_seconds"))
         for e, r in sorted(fid.get(src, {}).items()):
             ua[f"val_accuracy@{e}"] = r.get("val_accuracy")
             if r.get("status") not in (None, "ok"):
@@ -149,6 +151,8 @@ def trials_with_results(study, trials=None) -> list:
         if accs:
             e = max(accs)
             ua["proxy_epochs"], ua["val_accuracy"] = e, accs[e]
+            # the seconds of the run behind that accuracy, never the first rung's beside a longer one's
+            ua["proxy_seconds"] = first_rung[1] if e == first_rung[0] else fid.get(src, {}).get(e, {}).get("seconds")
             ua["fidelities"] = sorted(accs)
             if t.state == TrialState.COMPLETE and t.values:
                 t.values = [accs[e], *t.values[1:]]
@@ -310,17 +314,23 @@ def scored(table: pd.DataFrame) -> pd.DataFrame:
     return nets[(nets["state"] == "COMPLETE") & nets["val_accuracy"].notna() & nets["memory"].notna()]
 
 
-def hypervolume_history(table: pd.DataFrame) -> list[tuple[int, float]]:
-    """``(trial number, normalised hypervolume of the distinct networks up to it)``, in
-    trial order. The reference memory is fixed at 1.1 x the largest memory of all of
-    them, so the curve only rises and its last value is :func:`summary`'s."""
+def hypervolume_history(table: pd.DataFrame, events=None) -> list[tuple[int, float]]:
+    """``(trial number, normalised hypervolume)`` after each score of ``events``, in the order
+    given: ``(trial number, val. accuracy)`` pairs, where a trial's later score replaces its
+    earlier one (a promotion, in the order the scores were measured:
+    :func:`studies.dashboard.measurements`). By default each distinct network's score, in trial
+    order. The reference memory is fixed at 1.1 x the largest memory of the scored networks, so
+    the last value is :func:`summary`'s once every network's final score is in."""
     done = scored(table).sort_index()
     if done.empty:
         return []
     ref = float(done["memory"].max()) * 1.1
-    acc, mem = done["val_accuracy"].to_numpy(float), done["memory"].to_numpy(float)
-    return [(int(n), hypervolume(acc[:i + 1], mem[:i + 1], ref_mem=ref, normalize=True))
-            for i, n in enumerate(done.index)]
+    if events is None:
+        events = list(zip(done.index, done["val_accuracy"]))
+    events = [(int(n), float(a)) for n, a in events if int(n) in done.index]
+    numbers = [n for n, _ in events]
+    mem = done["memory"].astype(float)
+    return list(zip(numbers, hypervolume_trace(numbers, [a for _, a in events], [mem[n] for n in numbers], ref)))
 
 
 def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:

@@ -92,13 +92,9 @@ def _retry(study: optuna.Study, number: int, max_retry: int) -> None:
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, t)
 
 
-def _fmt_bytes(b) -> str:
-    if b is None or not math.isfinite(b):
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(b) < 1024 or unit == "GiB":
-            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-        b /= 1024
+def _mib(b) -> str:
+    """Bytes per image in MiB, as ``show`` and the page print them."""
+    return "-" if b is None or not math.isfinite(b) else f"{b / 2 ** 20:.3f} MiB"
 
 
 class _Taken:
@@ -138,7 +134,7 @@ class _Taken:
         if "duplicate_of" in a:
             say(f"{self.label}: the same network as trial {a['duplicate_of']}; not trained again, counted once")
         else:
-            say(f"{self.label}: acc {values[0]:.3f}  {self.ctx.settings.memory} mem {_fmt_bytes(values[1])}/img  "
+            say(f"{self.label}: acc {values[0]:.3f}  {self.ctx.settings.memory} mem {_mib(values[1])}/image  "
                 f"{a.get('params', 0):,} params  {a.get('architecture', '')}  ({a.get('proxy_seconds', 0):.1f}s)")
         self.state = "COMPLETE"
 

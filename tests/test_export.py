@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import optuna
@@ -170,6 +171,10 @@ def test_model_card_and_best_rule(study):
     assert "40 epochs" in card and "Trained on cifar10 (10 classes)" in card and "synthetic" not in card
     assert f"| parameters | {models.measure.count_params(models.build(SPEC)):,} |" in card
     assert "on the accuracy-vs-memory Pareto front" in card
+    # the network drawn from its spec, beside the card that shows it
+    assert "](network.svg)" in card
+    drawing = ET.fromstring((out / "network.svg").read_text())
+    assert [int(e.get("data-width")) for e in drawing.iter() if e.get("data-part") == "stage"] == list(SPEC.widths)
 
     # no front trial retrained: the most accurate front trial is chosen, and it has no weights
     s = optuna.load_study(study_name="exp", storage=storage)
@@ -240,6 +245,7 @@ def test_card_example_classifies_a_png_with_torch_alone(study):
     res = subprocess.run([sys.executable, "-I", str(script)], cwd=out, env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "not writable" not in res.stderr and "Warning" not in res.stderr     # the lines run clean
     net = models.build(SPEC).eval()
     net.load_state_dict(trained_weights(SPEC))
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0

@@ -25,7 +25,9 @@ assert counts["finished"] == counts["total"] == 4, counts
 assert len(front) >= 1 and {"val_accuracy", "memory", "params", "architecture"} <= set(front.columns)
 assert page["path"].endswith("nb-demo.html")
 import pathlib
-assert {p.name for p in pathlib.Path("nb-winner").iterdir()} >= {"model.pt2", "preprocess.json", "model_card.md"}
+assert {p.name for p in pathlib.Path(exported["out"]).iterdir()} >= {"model.pt2", "preprocess.json", "model_card.md",
+                                                                      "network.svg"}
+assert not pathlib.Path("nb-winner").exists() and pathlib.Path(exported["out"]).parent.name == "exports"
 print("README cells ran")
 """
     script = "\n".join(f"# --- cell {i}\n{c}" for i, c in enumerate(cells)) + checks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -57,6 +58,10 @@ def test_run_prints_where_the_study_is(small_study, home):
     assert f"storage: sqlite:///{home / 'small.db'}" in out
     assert "python search.py show --study small" in out
     assert (home / "results" / "small" / "trials.csv").exists()
+    # a trial's line prints memory in MiB per image, as show and the page do; on synthetic data the
+    # retrain hint is the 2-epoch check, not the default protocol's long run
+    assert re.search(r"inference mem \d+\.\d{3} MiB/image", out) and "KiB" not in out
+    assert "python search.py retrain --study small --epochs 2" in out
 
 
 def test_sampled_specs_meet_the_budget_or_are_pruned_with_a_reason(small_study):
@@ -141,6 +146,8 @@ def test_retrain_pareto_set_resumable(small_study, home):
     rc, out, err = cli("retrain", "--study", "small", "--epochs", "1", "--no-progress")
     assert rc == 0, err
     assert "Kendall's tau" in out or len(studies.pareto_set(study)) < 2
+    hint = out.split("next:", 1)[1]         # after a retrain: the page and the export, not retrain again
+    assert "dashboard --study small" in hint and "export --study small --best" in hint and "retrain" not in hint
     front = studies.pareto_set(load("small"))
     assert len(front) and front["retrain_test_accuracy"].notna().all()
     for n, row in front.iterrows():
