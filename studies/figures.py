@@ -140,7 +140,7 @@ def hover(r) -> str:
              f"{plural(int(r.proxy_epochs), 'epoch') if _ok(r.proxy_epochs) else '? epochs'}"
              + (f" (rungs: {html.escape(r.rungs)})" if r.rungs and "," in r.rungs else "")]
     if _ok(r.retrain_accuracy):
-        lines.append(f"test accuracy, retrained ({html.escape(getattr(r, "retrain_how", None) or retrain_text(r.retrain_protocol, r.retrain_epochs))}): "
+        lines.append(f"test accuracy, retrained ({html.escape(getattr(r, 'retrain_how', None) or retrain_text(r.retrain_protocol, r.retrain_epochs))}): "
                      f"<b>{_num(r.retrain_accuracy, '.2f', '%')}</b>")
     lines += [f"memory: {_num(r.memory_mib, '.3f')} MiB per image",
               f"params: {_count(r.params)} · MACs: {_count(r.macs)}",
