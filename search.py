@@ -33,6 +33,7 @@ import pandas as pd
 
 import models
 import studies
+import trainers
 from models import ArchSpec, SpecError, presets
 from models.measure import count_macs, count_params, peak_memory
 from studies.config import RunOptions, json_object
@@ -123,7 +124,7 @@ def _where(name: str, storage: str | None, url: str, results: str | None = None,
     default = _signature_default(studies.retrain, "protocol")
     steps = [f"python search.py dashboard --study {name}{flag}"]
     if after == "run":
-        long = trainers.protocol_hparams(default)["epochs"]
+        long = protocol_epochs(default)
         retrain = (f"python search.py retrain --study {name}{flag} --epochs 2   (a quick check; without --epochs "
                    f"the '{default}' protocol trains {long} epochs)" if quick else
                    f"python search.py retrain --study {name}{flag}")
