@@ -125,14 +125,14 @@ def _stage(spec: ArchSpec, stage: StageSpec, c_in: int, drop: list[float]) -> nn
     if spec.transition != "resblock" and (stride != 1 or c_in != c):
         # RKCNN's transition (004 §4.1.2) is a layer of its own between periods
         trans = RKCNNTransition(c_in, c, attention=spec.transition == "conv-attention",
-                                downsample=stage.downsample)
+                                downsample=stage.downsample, dropout=spec.dropout)
         c_in, stride = c, 1
     if stage.is_rkcnn:
         if stride != 1 or c_in != c:
             # a "resblock" transition before a period: a pre-act Euler block, not
             # counted (an RKCNN stage is one period of s stages, r steps)
             trans = _euler_block(c_in, c, stride)
-        period = RKCNNPeriod(c, c, stage.rk_stages, stage.rk_steps, variant=stage.scheme[-1])
+        period = RKCNNPeriod(c, c, stage.rk_stages, stage.rk_steps, variant=stage.scheme[-1], dropout=spec.dropout)
         return nn.Sequential(*(m for m in (trans, period) if m is not None))
     if stage.scheme == "lm":
         # 002's code: the stage's first block is Euler (the downsampling block

@@ -26,6 +26,7 @@ MAX_STAGES = 16                              # stages of one network
 MAX_SUBNETS = 4096                           # leaf sub-nets (or RKCNN units) in the whole network
 MAX_IMAGE_SIZE = 1024                        # pixels per side
 MAX_CHANNELS = 4096                          # channels of a stage or the stem (the width solver stops at 512)
+MAX_DROPOUT = 0.9                            # a higher rate leaves too little of a layer to learn from
 
 
 class SpecError(ValueError):
@@ -82,6 +83,8 @@ class ArchSpec:
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32          # pixels (square inputs)
+    dropout: float = 0.0          # rate of dropout after each convolution of RKCNN periods and transitions
+                                  # (004 §4.1.2 on SVHN: 0.2); 0 = none; only RKCNN networks take it
     seed: int = 0                 # weight-initialisation seed: the same spec always gives the same network
 
     # -- serialisation -------------------------------------------------------
@@ -148,6 +151,9 @@ class ArchSpec:
         _int_in("in_channels", self.in_channels, 1, 64)
         _int_in("image_size", self.image_size, 4, MAX_IMAGE_SIZE)
         _int_in("seed", self.seed, 0, 2**63 - 1)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout <= MAX_DROPOUT:
+            raise SpecError(f"dropout: must be a number in [0, {MAX_DROPOUT}], got {self.dropout!r}")
         if not isinstance(self.survival_last, (int, float)) or not 0.0 < self.survival_last <= 1.0:
             raise SpecError(f"survival_last: must be a number in (0, 1], got {self.survival_last!r}")
         if self.stem_width is not None:
@@ -214,6 +220,9 @@ class ArchSpec:
         if subnets > MAX_SUBNETS:
             raise SpecError(f"stages: {subnets:,} sub-networks in all; at most {MAX_SUBNETS:,} allowed "
                             f"(the largest paper network has 54)")
+        if self.dropout and not any(s.is_rkcnn for s in self.stages) and self.transition == "resblock":
+            raise SpecError(f"dropout: applies to RKCNN periods and transitions (004), and this network has none; "
+                            f"allowed 0, got {self.dropout}")
         if self.head == "multiscale" and self.transition == "resblock":
             raise SpecError("head: 'multiscale' goes with RKCNN transitions ('conv', 'conv-attention'); "
                             "with 'resblock' use 'gap-fc'")

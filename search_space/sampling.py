@@ -130,8 +130,9 @@ def sample_spec(trial: TrialLike, *, seed: int = 0) -> ArchSpec:
 # membership
 
 # Fields the space does not choose: widths are solved for the budget (the stem
-# with them), the name and seed label a network, and the data set fixes the rest.
-_NOT_CHOSEN = ("name", "seed", "stem_width", "num_classes", "in_channels", "image_size")
+# with them), the name and seed label a network, the data set fixes the input and classes,
+# and a retrain protocol the dropout.
+_NOT_CHOSEN = ("name", "seed", "stem_width", "num_classes", "in_channels", "image_size", "dropout")
 
 # How a trial parameter reads from a spec: "s{i}.<field>" is stage i's field
 # unless renamed here (to the spec path and its reader); the rest are top-level.
