@@ -20,6 +20,13 @@ Parameter-count conventions (checked in ``tests/test_presets.py``):
   2.87M (40 sub-nets: 2.95M); ``consistent=False`` there.
 * CIFAR ResNets / LM-ResNets (002) and RKCNN (004): the full parameter count
   matches. ``count="all"``.
+
+At 100 classes (CIFAR-100) the head grows and so does the count: ``cifar100_params``
+holds the CIFAR-100 column where a paper prints one (004 Tables 3 and 5: every RKCNN
+row; 002 Table 2: ResNet-110 and LM-ResNet-110, 1.7M), and :meth:`PresetInfo.params_on`
+picks the printed count for a data set (SVHN has 10 classes: 004 says its counts are
+CIFAR-10's). 002 Table 2's LM-ResNet-164 (2.55M) uses bottleneck blocks, which no spec
+describes, so it is not a preset.
 """
 from __future__ import annotations
 
@@ -41,6 +48,17 @@ class PresetInfo:
     count: str = "all"           # "all" parameters, or "no-bn": conv + FC only (see module docstring)
     consistent: bool = True      # False where the paper's row contradicts its other rows
     paper_accuracy: float | None = None  # CIFAR-10 test accuracy printed in the row, percent
+    cifar100_params: str | None = None   # the row's count at 100 classes, as printed (CIFAR-100 column)
+
+    def params_on(self, dataset: str) -> str | None:
+        """The printed count for ``dataset`` (``cifar10``, ``svhn``: 10 classes; ``cifar100``),
+        None where the paper prints none."""
+        return {"cifar10": self.paper_params, "svhn": self.paper_params,
+                "cifar100": self.cifar100_params}.get(dataset)
+
+    def accuracy_on(self, dataset: str) -> float | None:
+        """The printed test accuracy for ``dataset``; only CIFAR-10's are recorded."""
+        return self.paper_accuracy if dataset == "cifar10" else None
 
 
 _REGISTRY: dict[str, PresetInfo] = {}
@@ -188,6 +206,8 @@ _CIFAR_ROWS = {20: ("0.27M", None, 8.33), 32: ("0.46M", None, 7.18), 44: ("0.66M
                56: ("0.85M", None, 6.31), 110: ("1.7M", 6.37, None)}
 
 for _d, (_p, _res_err, _lm_err) in _CIFAR_ROWS.items():
+    # 002 Table 2 prints the 110-layer networks on CIFAR-100 too: 1.7M (ResNet-110 after Huang et al.)
+    _c100 = "1.7M" if _d == 110 else None
     if _res_err is None:
         _src = f"pre-activation; 002 Table 2's ResNet-{_d} is post-activation (He et al. 2015b), same count"
         _doc = (f"Pre-activation ResNet-{_d} (He et al. 2016 blocks). 002 Table 2 prints ResNet-{_d} for the "
@@ -196,7 +216,8 @@ for _d, (_p, _res_err, _lm_err) in _CIFAR_ROWS.items():
     else:
         _src = "pre-activation, 002 Table 2 (He et al. 2016)"
         _doc = f"Pre-activation ResNet-{_d}, 002 Table 2's row from He et al. 2016 ({_res_err}% error)."
-    register(f"resnet-{_d}", _p, _src, paper_accuracy=None if _res_err is None else round(100 - _res_err, 2))(
+    register(f"resnet-{_d}", _p, _src, paper_accuracy=None if _res_err is None else round(100 - _res_err, 2),
+             cifar100_params=_c100)(
         _preset(_doc, lambda d=_d: _cifar("euler", d)))
     if _lm_err is not None:
         _src, _doc = ("pre-activation, 002 Table 2",
@@ -205,7 +226,8 @@ for _d, (_p, _res_err, _lm_err) in _CIFAR_ROWS.items():
         _src, _doc = ("pre-activation, 002 (Table 2 has it on CIFAR-100 only)",
                       f"LM-ResNet-{_d}, pre-activation; 002 prints it on CIFAR-100 only (Table 2), and on "
                       "CIFAR-10 with stochastic depth (Table 4, lm-resnet-110-sd).")
-    register(f"lm-resnet-{_d}", _p, _src, paper_accuracy=None if _lm_err is None else round(100 - _lm_err, 2))(
+    register(f"lm-resnet-{_d}", _p, _src, paper_accuracy=None if _lm_err is None else round(100 - _lm_err, 2),
+             cifar100_params=_c100)(
         _preset(_doc, lambda d=_d: _cifar("lm", d)))
 
 # 002 Table 4: LM-ResNet with stochastic depth, p_L = 0.8 (56) and 0.5 (110)
@@ -233,5 +255,5 @@ def _rkcnn_name(row: dict) -> str:
 
 
 for _row in PAPER_PARAM_ROWS:
-    register(_rkcnn_name(_row), _row["cifar10"] + "M", _row["source"])(
+    register(_rkcnn_name(_row), _row["cifar10"] + "M", _row["source"], cifar100_params=_row["cifar100"] + "M")(
         lambda r=_row: _rkcnn(r["variant"], r["growth"], r["stages"]))
