@@ -1,43 +1,46 @@
-"""CIFAR-10 and a synthetic stand-in, as uint8 tensors.
+"""The data a trainer takes, as uint8 tensors, and a synthetic stand-in.
 
 A :class:`Dataset` is a frozen dataclass of three :class:`Split` s (``train``,
 ``val``, ``test``), each holding ``uint8`` images of shape ``(N, 3, H, W)`` and
 ``int64`` labels, plus the per-channel ``mean``/``std`` used to normalise on
-the fly (fractions of 255, computed on the training split).
+the fly (fractions of 255, computed on the training split) and the class names.
+The data sets on disk (CIFAR-10/100, SVHN, a folder of images) are read by
+:mod:`trainers.datasets`.
 
-* :func:`load_cifar10` reads torchvision's on-disk layout
-  (``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``)
-  directly with pickle + numpy, without insisting on torchvision's md5 sums, so
-  any copy in that layout loads. The 50k training images are split 45k/5k into
-  ``train``/``val`` with a fixed seed: proxies score on ``val``; ``test`` (10k)
-  is for the full retrain only.
 * :func:`synthetic` builds a small learnable 10-class set (class-dependent
   colour and stripe orientation/frequency plus noise) for tests and CPU demos.
+* :meth:`Dataset.proxy_subset` keeps a seeded subset of the training split (the
+  data-subset fidelity of a proxy); validation and test are unchanged.
+* :func:`check_fits` refuses, before anything is read, a data set that would not
+  fit in memory or on the device.
 """
 from __future__ import annotations
 
 import math
-import pickle
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-__all__ = ["DataNotFoundError", "Dataset", "Split", "load_cifar10", "synthetic",
-           "train_val_indices", "CIFAR10_CLASSES"]
+__all__ = ["DataError", "DataNotFoundError", "Dataset", "Split", "check_fits", "synthetic",
+           "train_val_indices"]
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-_FOLDER = "cifar-10-batches-py"
-_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_TEST_FILE = "test_batch"
-_META_FILE = "batches.meta"
+# Loading reads the files' arrays and then copies the splits out of them, so for a moment
+# about three copies of the images are held in host memory (CIFAR-10: 3 x 184 MB).
+LOAD_COPIES = 3
+# Of the device's free memory the data may take at most half: the network, its activations
+# and the optimiser need the rest (a 1M network's training batch of 512 takes gigabytes).
+DEVICE_SHARE = 0.5
+
+
+class DataError(ValueError):
+    """The data given cannot be used (a bad folder, too big to hold); the message says what
+    is wrong and what is allowed, in one line."""
 
 
 class DataNotFoundError(FileNotFoundError):
-    """CIFAR-10 is neither on disk nor downloadable; the message says how to provide it."""
+    """A data set is neither on disk nor downloadable; the message says how to provide it."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,70 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train.images.shape[-1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images of all three splits (uint8)."""
+        return sum(s.images.numel() for s in (self.train, self.val, self.test))
+
     def to(self, device) -> "Dataset":
         """The same data resident on ``device`` (uint8: CIFAR-10 is ~180 MB)."""
-        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device),
-                       self.mean, self.std, self.classes, self.name)
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+
+    def proxy_subset(self, n: int, seed: int = 0) -> "Dataset":
+        """The same data with ``train`` cut to a fixed seeded subset of ``n`` images (the
+        proxy's data-subset fidelity); ``val``, ``test``, mean/std and classes unchanged,
+        so every proxy is still scored on the whole validation split."""
+        if not 1 <= n <= len(self.train):
+            raise DataError(f"--proxy-images: must lie in [1, {len(self.train):,}] (the training split of "
+                            f"{self.name}), got {n:,}")
+        keep = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(self.train))[:n]))
+        return replace(self, train=Split(self.train.images[keep], self.train.labels[keep]))
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes free for data on ``device``: the allocator's free memory on CUDA, else the host's
+    available memory (``MemAvailable``); None when it cannot be told."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_fits(what: str, n_images: int, image_size: int, device=None) -> int:
+    """Refuse (:class:`DataError`, one line) ``n_images`` RGB images of ``image_size`` pixels
+    that would not fit: loading holds about ``LOAD_COPIES`` copies in host memory, and on a
+    CUDA device the uint8 images may take at most ``DEVICE_SHARE`` of its free memory.
+    Returns their size in bytes. Nothing is read."""
+    nbytes = int(n_images) * 3 * int(image_size) ** 2
+    hint = ("use a smaller --image-size, fewer images" if what.startswith("folder") else "use a smaller data set")
+    host = available_memory("cpu")
+    if host is not None and nbytes * LOAD_COPIES > host:
+        raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_gib(nbytes)} as uint8 "
+                        f"and loading them needs about {_gib(nbytes * LOAD_COPIES)} of memory, but this machine has "
+                        f"{_gib(host)} available; {hint}, or a machine with more memory")
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        free = available_memory(dev)
+        if free is not None and nbytes > DEVICE_SHARE * free:
+            raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_gib(nbytes)} as uint8, "
+                            f"more than {DEVICE_SHARE:.0%} of the {_gib(free)} free on {dev} (the network needs the "
+                            f"rest); {hint}, or --device cpu")
+    return nbytes
 
 
 def train_val_indices(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,85 +176,6 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple, tupl
     mean = s / count
     std = (s2 / count - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
-
-
-def _missing_message(root: Path, why: str) -> str:
-    return (f"CIFAR-10 not found ({why}): expected {root / _FOLDER}/"
-            f"{{data_batch_1..5,test_batch,batches.meta}} (torchvision's layout); torchvision downloads "
-            f"it there when this machine is online, or copy an existing {_FOLDER} folder there")
-
-
-def _find_folder(root: Path) -> Path | None:
-    """``root/cifar-10-batches-py`` if complete; ``root`` itself if it is that folder."""
-    for cand in (root / _FOLDER, root):
-        if all((cand / f).is_file() for f in (*_TRAIN_FILES, _TEST_FILE)):
-            return cand
-    return None
-
-
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-    data = np.asarray(d["data"], dtype=np.uint8)
-    labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _read_folder(folder: Path):
-    """Arrays of the official pickle format: uint8 NCHW images, int64 labels, class names."""
-    parts = [_read_batch(folder / f) for f in _TRAIN_FILES]
-    train_x = np.concatenate([p[0] for p in parts])
-    train_y = np.concatenate([p[1] for p in parts])
-    test_x, test_y = _read_batch(folder / _TEST_FILE)
-    classes = CIFAR10_CLASSES
-    meta = folder / _META_FILE
-    if meta.is_file():
-        with open(meta, "rb") as f:
-            m = pickle.load(f, encoding="bytes")
-        names = m.get("label_names", m.get(b"label_names"))
-        if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    return train_x, train_y, test_x, test_y, classes
-
-
-def load_cifar10(root: str | Path = "data", *, download: bool = False, val_size: int = 5000,
-                 split_seed: int = 0) -> Dataset:
-    """Load CIFAR-10 from ``root`` (torchvision layout) as a :class:`Dataset`.
-
-    ``root`` may be the parent of ``cifar-10-batches-py`` or that folder itself.
-    If the folder is absent and ``download`` is true, torchvision downloads it
-    first. Otherwise (or if the download fails) :class:`DataNotFoundError` says
-    how to provide it. The 50k training images are split into ``train``
-    (``50000 - val_size``) and ``val`` (``val_size``, default 5k) with
-    ``split_seed`` (a fixed seed, so every trial is scored on the same images); ``test`` is the official 10k set.
-    """
-    root = Path(root).expanduser()
-    folder = _find_folder(root)
-    if folder is None and download:
-        created = [p for p in (root, *root.parents) if not p.exists()]
-        try:
-            # late: torchvision costs ~170 MB resident and only the download needs it here
-            import torchvision
-            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-        except Exception as e:  # noqa: BLE001 - no network, disk full, bad checksum...
-            for p in created:    # leave nothing behind: a failed download made these folders
-                shutil.rmtree(p, ignore_errors=True)
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataNotFoundError(_missing_message(root, f"download failed: {why}")) from None
-        folder = _find_folder(root)
-    if folder is None:
-        raise DataNotFoundError(_missing_message(root, "no such files"))
-    try:
-        train_x, train_y, test_x, test_y, classes = _read_folder(folder)
-    except Exception as e:
-        raise DataNotFoundError(_missing_message(root, f"unreadable {folder}: {e}")) from e
-    tr, va = train_val_indices(len(train_y), val_size, split_seed)
-    train = Split(torch.from_numpy(train_x[tr]), torch.from_numpy(train_y[tr]))
-    val = Split(torch.from_numpy(train_x[va]), torch.from_numpy(train_y[va]))
-    test = Split(torch.from_numpy(np.ascontiguousarray(test_x)), torch.from_numpy(test_y))
-    mean, std = _channel_stats(train.images)
-    return Dataset(train, val, test, mean, std, classes, "cifar10")
 
 
 def synthetic(n_train: int = 2000, n_val: int = 500, n_test: int = 500, image_size: int = 32,
