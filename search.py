@@ -404,6 +404,12 @@ def _load_spec(name_or_file: str) -> ArchSpec:
 
 def cmd_describe(args) -> None:
     spec = _load_spec(args.spec)
+    kind = "cifar10"
+    if args.dataset is not None:
+        # the data set's classes decide the head, hence the count (CIFAR-100: 100 classes)
+        kind, folder = trainers.parse_dataset(args.dataset)
+        spec = dataclasses.replace(spec, num_classes=trainers.data_size(kind, folder)["num_classes"])
+    paper = presets.info(args.spec).params_on(kind) if args.spec in presets.names() else None
     # on the meta device: counts, MACs and the tracked memory are exact there and allocate
     # nothing, so a spec asking for gigabytes of weights or activations costs nothing to describe
     net = models.build(spec, device="meta")
@@ -414,6 +420,8 @@ def cmd_describe(args) -> None:
         "macs": count_macs(net, (1, *shape)),
         "inference_bytes_per_image": peak_memory(net, shape, mode="inference"),
         "training_bytes_per_image": peak_memory(net, shape, mode="training"),
+        "num_classes": spec.num_classes,
+        **({"paper_params": paper} if paper else {}),
         "architecture": models.describe(spec),
         "stages": models.stage_summaries(spec),
         "spec": spec.to_dict(),
@@ -477,8 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--proxy-hparams), e.g. '{\"lr\": 0.2}' for 2x the paper learning rate (001 §3.3); "
                         "stored apart, labelled PROTOCOL+lr=0.2")
     t.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
-                   help="folder holding cifar-10-batches-py on this machine (default: the folder stored in the "
-                        "study when it was searched); refused for a study searched on synthetic data")
+                   help="where the study's data set is on this machine: the folder holding the named set, or the "
+                        "folder of images itself (default: the folder stored in the study when it was searched); "
+                        "refused for a study searched on synthetic data")
     t.add_argument("--synthetic", action="store_true", default=argparse.SUPPRESS,
                    help="a check, not a choice: the study's stored settings decide the data; this refuses to go "
                         "on unless the study was searched on synthetic data (which it then retrains on)")
@@ -536,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--svg", default=None, metavar="FILE",
                     help="also draw the network into FILE.svg: stem, stages with widths and strides, each stage's "
                          "block as the graph of its scheme")
+    ds.add_argument("--dataset", default=None, metavar="NAME_OR_DIR",
+                    help=f"count with this data set's classes ({', '.join(trainers.DATASETS)} or a folder with one "
+                         f"sub-folder per class); a preset then shows the count its paper prints for it")
     ds.set_defaults(func=cmd_describe)
 
     ps = sub.add_parser("presets", help="list the papers' networks")

@@ -32,6 +32,9 @@ MAX_TRIALS = 100_000         # trial lineages per study: ~500 GPU-hours at 18 s 
 MAX_WORKERS = 256            # worker processes of one launch
 MAX_SYNTHETIC_IMAGES = 200_000   # synthetic training images, held in memory as uint8
 MAX_IMAGE_SIZE = 256         # pixels: the synthetic set and the networks' inputs stay CIFAR-sized
+MIN_PROXY_IMAGES = 32        # --proxy-images: fewer is not a data set to rank networks on
+MAX_PROXY_IMAGES = 10_000_000
+CPU_EVAL_BATCH = 256         # images per evaluation pass of a proxy on the CPU (see small_data_hparams)
 
 
 def option(default, help: str, **cli):
@@ -79,9 +82,18 @@ class RunOptions:
                                      "else 3)", type=int)
     eta: int = option(3, "successive halving: the best 1/ETA of a rung is promoted to ETA x its epochs",
                       type=int)
-    data: str | None = option(None, "folder holding cifar-10-batches-py (default ./data; downloaded there "
-                                    "with torchvision when missing)", metavar="DIR")
-    synthetic: bool = option(False, "small synthetic 10-class data instead of CIFAR-10 (CPU demo, tests)",
+    dataset: str = option("cifar10", "data set: cifar10, cifar100, svhn (its train split; extra is not used) "
+                                     "or a folder with one sub-folder of images per class (a name wins over a "
+                                     "folder of that name: write ./svhn)", metavar="NAME_OR_DIR")
+    data: str | None = option(None, "folder holding the named data sets in torchvision's layout (default ./data; "
+                                    "downloaded there with torchvision when missing); for a folder study resumed "
+                                    "elsewhere, where that folder is on this machine", metavar="DIR")
+    image_size: int = option(32, "with a folder of images: side in pixels every image is resized to, once, at "
+                                 "load", type=int, metavar="PIXELS")
+    proxy_images: int | None = option(None, "train every proxy on a fixed seeded subset of N training images "
+                                            "(validation split unchanged): a data-subset fidelity for a first "
+                                            "result on a CPU", type=int, metavar="N")
+    synthetic: bool = option(False, "small synthetic 10-class data instead of a data set (CPU demo, tests)",
                              action="store_true")
     synthetic_images: int = option(512, "with --synthetic: training images (validation and test: N/4, at "
                                         "least 64)", type=int, metavar="N")
@@ -127,6 +139,8 @@ class RunOptions:
         if self.memory not in MEMORY_OBJECTIVES:
             raise ValueError(f"--memory: {self.memory!r} is not allowed; allowed: {', '.join(MEMORY_OBJECTIVES)}")
         for name, v, lo, hi in (("--proxy-epochs", self.proxy_epochs, 1, 1000), ("--rungs", self.rungs, 1, 8),
+                                ("--image-size", self.image_size, 8, MAX_IMAGE_SIZE),
+                                ("--proxy-images", self.proxy_images, MIN_PROXY_IMAGES, MAX_PROXY_IMAGES),
                                 ("--eta", self.eta, 2, 10), ("--heartbeat", self.heartbeat, 1, 3600),
                                 ("--max-retry", self.max_retry, 0, 100),
                                 ("--synthetic-images", self.synthetic_images, 16, MAX_SYNTHETIC_IMAGES),
@@ -134,6 +148,12 @@ class RunOptions:
                                 ("--seed", self.seed, 0, 2**32 - 1)):
             if v is not None:
                 _int_in(name, v, lo, hi)
+        if self.synthetic and "dataset" in self.explicit:
+            raise ValueError(f"--synthetic and --dataset {self.dataset} exclude each other; give one")
+        if not self.synthetic:
+            kind, _ = trainers.parse_dataset(self.dataset)     # unknown name, missing folder: one line
+            if kind != "folder" and "image_size" in self.explicit and self.image_size != 32:
+                raise ValueError(f"--image-size applies to a folder of images; {kind} images are 32x32")
         if not isinstance(self.proxy_hparams, dict):
             raise ValueError(f"--proxy-hparams: expected a JSON object, got {self.proxy_hparams!r}")
         try:
@@ -144,8 +164,15 @@ class RunOptions:
 
 
 def small_data_hparams(n_train: int, batch_size: int | None = None) -> dict:
-    """Batch and learning rate for a small training set: an eighth of the images per batch,
-    16 to 128, and the learning rate scaled with the batch (0.1 per 128 images)."""
+    """Batch and learning rate for a small training set, or for any on a CPU: an eighth of
+    the images per batch, 16 to 128, and the learning rate scaled with the batch (0.1 per
+    128 images).
+
+    On a CPU the proxy's default batch of 512 buys nothing: a CPU runs a batch as fast per
+    image at 128 as at 512 (no parallel units left idle), while backpropagation keeps every
+    layer's activations of the whole batch, the training bytes per image times the batch, 3.5 MB
+    to 25 MB per image for 100k-parameter networks at 32x32: about 6.5 GiB resident at 512,
+    a quarter of it at 128."""
     b = int(batch_size or min(128, max(16, n_train // 8)))
     return {"batch_size": b, "lr": 0.1 * b / 128}
 
@@ -165,12 +192,23 @@ class StudySettings:
     proxy_epochs: int            # epochs of rung 0
     rungs: int                   # fidelities: proxy_epochs * eta**k, k < rungs
     eta: int                     # promotion keeps the best 1/eta of a rung
-    data: dict                   # {"kind": "cifar10", "root": DIR} or {"kind": "synthetic", n_train, ...}
+    data: dict                   # {"kind": "cifar10" | "cifar100" | "svhn" | "folder", "root": DIR,
+                                 #  "image_size": PIXELS, "classes": [...]} or {"kind": "synthetic", n_train, ...}
     proxy_hparams: dict          # overrides of trainers.HPARAMS for every proxy run
     heartbeat_interval: int      # seconds; grace period = 3 beats
     max_retry: int               # retries of a trial whose worker died
     uid: str                     # names this study's claims
     format: int = SETTINGS_FORMAT
+    proxy_images: int | None = None  # proxies train on a seeded subset of this many training images; None: all
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the study's data (a study from before they were stored: CIFAR-10's 10)."""
+        return len(self.data.get("classes") or ()) or 10
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data.get("image_size", 32))
 
     def epochs(self, rung: int) -> int:
         return int(self.proxy_epochs * self.eta ** rung)
@@ -184,30 +222,41 @@ class StudySettings:
         return f"{self.memory}_bytes_per_image"
 
     def retrain_hparams(self) -> dict:
-        """Overrides every retrain protocol takes for this study's data: on the small synthetic
-        set, the proxy's batch with its scaled learning rate (a CIFAR-sized batch of 512 would
-        hold gigabytes of activations on a CPU for nothing); none for CIFAR-10."""
-        if self.data.get("kind") != "synthetic":
-            return {}
-        return small_data_hparams(self.data["n_train"], self.proxy_hparams.get("batch_size"))
+        """Overrides every retrain protocol takes for this study's data: what the data set
+        changes (SVHN: no flips, :data:`trainers.DATA_HPARAMS`); on the small synthetic set,
+        the proxy's batch with its scaled learning rate (a CIFAR-sized batch of 512 would hold
+        gigabytes of activations on a CPU for nothing)."""
+        hp = dict(trainers.DATA_HPARAMS.get(self.data.get("kind"), {}))
+        if self.data.get("kind") == "synthetic":
+            hp.update(small_data_hparams(self.data["n_train"], self.proxy_hparams.get("batch_size")))
+        return hp
 
     @classmethod
-    def from_options(cls, opts: RunOptions, device: str) -> "StudySettings":
-        """A new study's settings; defaults that depend on the data or device are chosen here."""
+    def from_options(cls, opts: RunOptions, device: str, dataset: trainers.Dataset | None = None) -> "StudySettings":
+        """A new study's settings; defaults that depend on the data or device are chosen here.
+        ``dataset``: the data loaded for the check before creation (classes, sizes; not synthetic)."""
         if opts.synthetic:
             n = int(opts.synthetic_images)
             data = dict(kind="synthetic", n_train=n, n_val=max(64, n // 4), n_test=max(64, n // 4),
                         image_size=int(opts.synthetic_image_size), seed=0)
+            n_train = n
         else:
-            data = dict(kind="cifar10", root=os.path.abspath(opts.data or "data"))
+            data = data_source(opts)
+            data.update(image_size=dataset.image_size, classes=list(dataset.classes))
+            n_train = len(dataset.train)
         hp = dict(opts.proxy_hparams or {})
-        if opts.synthetic:
-            hp = {**small_data_hparams(data["n_train"], hp.get("batch_size")), **hp}
+        if opts.synthetic or opts.proxy_images or not device.startswith("cuda"):
+            # a small training set, or a CPU: the batch that costs nothing (small_data_hparams)
+            hp = {**small_data_hparams(opts.proxy_images or n_train, hp.get("batch_size")), **hp}
+        if not device.startswith("cuda"):
+            hp.setdefault("eval_batch_size", CPU_EVAL_BATCH)     # inference activations of 1024 images: gigabytes
+        hp = {**trainers.DATA_HPARAMS.get(data["kind"], {}), **hp}
         proxy_epochs = opts.proxy_epochs or (1 if opts.synthetic else 8 if device.startswith("cuda") else 2)
         return cls(budget=parse_budget(opts.budget), tolerance=float(opts.tolerance), memory=opts.memory,
                    proxy_epochs=int(proxy_epochs), rungs=int(opts.rungs or (2 if opts.synthetic else 3)),
                    eta=int(opts.eta), data=data, proxy_hparams=hp, heartbeat_interval=int(opts.heartbeat),
-                   max_retry=int(opts.max_retry), uid=uuid.uuid4().hex[:12])
+                   max_retry=int(opts.max_retry), uid=uuid.uuid4().hex[:12],
+                   proxy_images=int(opts.proxy_images) if opts.proxy_images else None)
 
     def save(self, study: optuna.Study) -> None:
         for f in dataclasses.fields(self):
@@ -220,6 +269,22 @@ class StudySettings:
         if "uid" not in a or "budget" not in a:
             return None
         return cls(**{f.name: a[f.name] for f in dataclasses.fields(cls) if f.name in a})
+
+
+def data_source(opts: RunOptions) -> dict:
+    """Where the study's data comes from, as stored: ``{"kind": NAME, "root": the folder
+    holding it}``, or for a folder of images ``{"kind": "folder", "root": it}``."""
+    kind, folder = trainers.parse_dataset(opts.dataset)
+    if kind == "folder":
+        return dict(kind="folder", root=folder)
+    return dict(kind=kind, root=os.path.abspath(opts.data or "data"))
+
+
+def data_title(data: dict) -> str:
+    """The study's data in words: ``CIFAR-100``, ``synthetic data``, ``the folder /x/y``."""
+    kind = data.get("kind", "cifar10")
+    return {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "synthetic": "synthetic data"}.get(
+        kind, f"the folder {data.get('root')}")
 
 
 def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, object]]:
@@ -236,10 +301,24 @@ def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, o
         if key in given and not (new() == old or (isinstance(old, float) and math.isclose(new(), old))):
             raise ValueError(f"study {opts.study!r} was created with {flag} {old}; it cannot change "
                              f"(got {new()}): use another --study name")
-    if "synthetic" in given and settings.data.get("kind") != "synthetic":
-        raise ValueError(f"study {opts.study!r} trains on CIFAR-10; --synthetic cannot change that")
-    if "data" in given and settings.data.get("kind") == "synthetic":
+    kind = settings.data.get("kind", "cifar10")
+    searched = data_title(settings.data)
+    if "synthetic" in given and kind != "synthetic":
+        raise ValueError(f"study {opts.study!r} was created on {searched}; --synthetic cannot change that")
+    if "data" in given and kind == "synthetic":
         raise ValueError(f"study {opts.study!r} trains on synthetic data; --data cannot change that")
+    if "dataset" in given:
+        new = data_source(opts)
+        if kind == "synthetic" or new["kind"] != kind or (kind == "folder" and new["root"] != settings.data["root"]):
+            raise ValueError(f"study {opts.study!r} was created on {searched}; --dataset {opts.dataset} cannot change "
+                             f"that: use another --study name" + (" (--data DIR says where its folder is on this "
+                                                                  "machine)" if kind == "folder" else ""))
+    if "image_size" in given and opts.image_size != settings.image_size:
+        raise ValueError(f"study {opts.study!r} was created with --image-size {settings.image_size}; it cannot "
+                         f"change (got {opts.image_size}): use another --study name")
+    if "proxy_images" in given and opts.proxy_images != settings.proxy_images:
+        raise ValueError(f"study {opts.study!r} was created with --proxy-images {settings.proxy_images or 'all'}; it "
+                         f"cannot change (got {opts.proxy_images}): use another --study name")
     changes = []
     if "rungs" in given and opts.rungs and opts.rungs > settings.rungs:
         changes.append(("rungs", int(opts.rungs)))

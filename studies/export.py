@@ -40,7 +40,7 @@ from torch import nn
 import models
 from models import ArchSpec, SpecError
 
-from .config import StudySettings
+from .config import StudySettings, data_title
 from .objective import load_data
 from .results import finite, first_line, pareto_numbers, plural, trials_with_results
 from .retrain_protocol import epochs_text
@@ -159,7 +159,8 @@ def _training_data(study, trial) -> dict:
         raise ValueError(f"trial {trial.number}'s retrain does not record its data's normalisation and the study "
                          f"has no settings to recompute it; retrain it again")
     data = load_data(settings.data)
-    return {"name": data.name, "mean": list(data.mean), "std": list(data.std), "classes": list(data.classes)}
+    return {"name": data.name, "mean": list(data.mean), "std": list(data.std), "classes": list(data.classes),
+            "image_size": data.image_size}
 
 
 class Preprocessed(nn.Module):
@@ -213,8 +214,10 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     a = trial.user_attrs
     if not a.get("spec"):
         raise ValueError(f"trial {trial.number} records no spec; it was not made by `search.py run`")
+    # the network the retrain trained: the searched spec, or with its protocol's dropout (same parameters)
+    trained = a.get("retrain_spec") or a["spec"]
     try:
-        spec = ArchSpec.from_json(a["spec"] if isinstance(a["spec"], str) else json.dumps(a["spec"]))
+        spec = ArchSpec.from_json(trained if isinstance(trained, str) else json.dumps(trained))
     except SpecError as e:
         raise ValueError(f"trial {trial.number}'s spec is invalid: {first_line(e)}") from None
     weights_file = find_weights(trial, storage_url)
@@ -245,8 +248,9 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
         "image_size": [spec.image_size, spec.image_size], "channels": spec.in_channels,
         "normalization": "inside model.pt2: (x - mean) / std per channel; do not normalise again",
         "mean": list(data["mean"]), "std": list(data["std"]),
-        "classes": list(data["classes"]), "output": "logits (apply softmax for probabilities)",
-        "trained_on": data.get("name"),
+        "classes": list(data["classes"]), "num_classes": len(data["classes"]),
+        "output": "logits (apply softmax for probabilities)",
+        "trained_on": _data_words(study, data),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -329,6 +333,19 @@ x = torch.from_numpy(np.array(Image.open("image.png").convert("RGB").resize(({si
 print(json.load(open("preprocess.json"))["classes"][model(x.float()).argmax(1).item()])"""
 
 
+def _data_words(study, data: dict) -> str:
+    """The training data in words: ``CIFAR-100``, ``SVHN``, ``the folder /x/y``."""
+    settings = StudySettings.load(study)
+    if settings is not None:
+        return data_title(settings.data)
+    return data.get("name") or "CIFAR-10"
+
+
+def _class_list(classes, shown: int = 12) -> str:
+    names = ", ".join(f"{i} {c}" for i, c in enumerate(classes[:shown]))
+    return names + (f", ... ({len(classes) - shown} more in preprocess.json)" if len(classes) > shown else "")
+
+
 def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str | None = None) -> str:
     """The markdown model card of an exported trial."""
     a = trial.user_attrs
@@ -350,7 +367,8 @@ def model_card(study, trial, spec, summary: dict, folder: Path, storage_url: str
     synthetic = data.get("name") == "synthetic"
     trained_on = ("**synthetic data**: the small 10-class stand-in the project uses for demos and tests, not "
                   "CIFAR-10; these weights classify nothing real" if synthetic else
-                  f"{data.get('name') or 'CIFAR-10'} ({len(data['classes'])} classes)")
+                  f"{_data_words(study, data)} ({len(data['classes'])} classes: {_class_list(data['classes'])}; "
+                  f"{size}x{size} RGB inputs)")
     protocol = a.get("retrain_protocol")
     record = a.get("retrain_record") or {"protocol": protocol, "epochs": a.get("retrain_epochs")}
     run = f"`{protocol}` protocol, {epochs_text(record)}" if protocol else None   # never "full" for a short run

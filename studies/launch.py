@@ -9,6 +9,8 @@ and runs one worker in this process or ``workers`` spawned processes
 """
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import torch
 from tqdm.auto import tqdm
@@ -16,8 +18,8 @@ from tqdm.auto import tqdm
 from models import presets
 from search_space import count_params, param_range, parse_budget
 
-from .config import RunOptions, StudySettings, check_resume
-from .objective import load_data, worker_name
+from .config import RunOptions, StudySettings, check_resume, data_source
+from .objective import forget_data, load_data, worker_name
 from .results import lineage_counts, write_results
 from .storage import (Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path,
                       storage_errors)
@@ -59,13 +61,14 @@ def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> 
             presets.info(n)       # ValueError naming the unknown preset
         return list(dict.fromkeys(requested))
     near = [n for n in presets.names()
-            if abs(count_params(presets.get(n)) - settings.budget) <= PRESET_SPAN * settings.budget]
+            if abs(count_params(dataclasses.replace(presets.get(n), num_classes=settings.num_classes))
+                   - settings.budget) <= PRESET_SPAN * settings.budget]
     if not near:
         say(f"no preset within {PRESET_SPAN:.0%} of the budget ({settings.budget:,} params); none enqueued")
     return near
 
 
-def _create_or_resume(opts: RunOptions, store: Store, device: str, say) -> StudySettings:
+def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=None) -> StudySettings:
     """Under the study's set-up lock: create it with new settings or check a resume; enqueue
     the presets asked for; raise the target to ``opts.trials`` (a study never shrinks)."""
     study = optuna.create_study(study_name=opts.study, storage=store.storage, directions=DIRECTIONS,
@@ -77,7 +80,7 @@ def _create_or_resume(opts: RunOptions, store: Store, device: str, say) -> Study
     if settings is None:
         if study.trials:
             raise ValueError(f"study {opts.study!r} in {redact_url(store.url)} has trials but no settings")
-        settings = StudySettings.from_options(opts, device)
+        settings = StudySettings.from_options(opts, device, dataset)
         settings.save(study)
         study.set_metric_names(["val_accuracy", settings.memory_key])
     else:
@@ -134,15 +137,21 @@ def _run(opts: RunOptions, say) -> dict:
                                                                            owner=worker_name())
     try:
         stored = StudySettings.load(store.study()) if store is not None and opts.study in _names(store) else None
-        data = stored.data if stored else None if opts.synthetic else {"kind": "cifar10", "root": opts.data or "data"}
+        data = stored.data if stored else None if opts.synthetic else {**data_source(opts), "image_size": opts.image_size}
+        dataset = None
         if data is not None and data.get("kind") != "synthetic":
-            # once, before the study is touched: a clear error, and K workers do not download it K times
-            load_data({"kind": "cifar10", "root": opts.data or data.get("root") or "data"})
+            # once, before the study is touched: a clear error (missing, a bad folder, too big for the
+            # device), and K workers do not download it K times
+            dataset = load_data(data, opts.data if stored else None, device=device, say=say)
+        n_train = len(dataset.train) if dataset is not None else opts.synthetic_images if opts.synthetic else None
+        if stored is None and opts.proxy_images and n_train is not None and opts.proxy_images > n_train:
+            raise ValueError(f"--proxy-images {opts.proxy_images:,}: more than the {n_train:,} training images "
+                             f"of the data (validation held out); give at most {n_train:,}")
         if store is None:
             store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
         with store.claims.lock(f"setup:{opts.study}"):
             # one launcher at a time sets the study up: settings (and their uid), presets, target
-            _create_or_resume(opts, store, device, say)
+            _create_or_resume(opts, store, device, say, dataset)
         study_obj = store.study()
         counts = lineage_counts(study_obj.get_trials(deepcopy=False))
         bar = tqdm(total=int(study_obj.user_attrs[TARGET_ATTR]), initial=counts["finished"],
@@ -152,6 +161,7 @@ def _run(opts: RunOptions, say) -> dict:
             if opts.workers == 1:
                 work(opts, say=echo, bar=bar)
             else:
+                forget_data()                # the workers read their own copies
                 codes = run_workers(opts, store, device, bar, echo)
                 bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c]
                 if bad:

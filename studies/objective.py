@@ -39,8 +39,8 @@ from search_space import BudgetError, sample_spec, solve_widths, within_budget
 
 from .config import StudySettings
 
-__all__ = ["Infeasible", "Prepared", "TrialFailed", "WorkerContext", "load_data", "prepare", "promote",
-           "spec_key", "train", "worker_name"]
+__all__ = ["Infeasible", "Prepared", "TrialFailed", "WorkerContext", "forget_data", "load_data", "network_spec",
+           "prepare", "promote", "spec_key", "train", "worker_name"]
 
 
 class Infeasible(Exception):
@@ -64,13 +64,44 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def load_data(data: dict, root: str | None = None) -> trainers.Dataset:
-    """The study's dataset: ``{"kind": "synthetic", n_train, n_val, n_test, image_size, seed}``
-    or ``{"kind": "cifar10", "root": DIR}`` (torchvision downloads it when missing)."""
+_LOADED: dict[str, trainers.Dataset] = {}   # the last data set this process read (one entry)
+
+
+def load_data(data: dict, root: str | None = None, *, device: str | None = None, say=None) -> trainers.Dataset:
+    """The study's dataset: ``{"kind": "synthetic", n_train, n_val, n_test, image_size, seed}``,
+    ``{"kind": "cifar10" | "cifar100" | "svhn", "root": DIR}`` (torchvision downloads a named
+    set when missing) or ``{"kind": "folder", "root": DIR, "image_size": PIXELS}``; ``root``
+    overrides the stored folder (where it is on this machine). Its size is checked against
+    ``device`` first. The last one read is kept, so a launch's check, its worker and a retrain
+    in the same process read a folder of images once."""
+    where = os.path.abspath(root or data.get("root") or "data")
+    key = json.dumps([{k: v for k, v in data.items() if k not in ("classes", "root")}, where], sort_keys=True)
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()
     if data.get("kind") == "synthetic":
         keys = ("n_train", "n_val", "n_test", "image_size", "seed")
-        return trainers.synthetic(**{k: data[k] for k in keys if k in data})
-    return trainers.load_cifar10(root or data.get("root") or "data", download=True)
+        dataset = trainers.synthetic(**{k: data[k] for k in keys if k in data})
+    else:
+        dataset = trainers.load_dataset(data.get("kind", "cifar10"), where,
+                                        image_size=int(data.get("image_size", 32)), download=True, device=device,
+                                        say=say)
+    _LOADED[key] = dataset
+    return dataset
+
+
+def forget_data() -> None:
+    """Drop the data set kept by :func:`load_data` (a launcher whose workers are other processes)."""
+    _LOADED.clear()
+
+
+def network_spec(spec: ArchSpec, hparams: dict | None) -> ArchSpec:
+    """The spec a run trains: with the protocol's ``dropout`` (004's SVHN protocol: 0.2) where
+    the network takes one (RKCNN periods and transitions); unchanged otherwise."""
+    rate = float((hparams or {}).get("dropout") or 0.0)
+    if rate == spec.dropout or models.family(spec) != "rkcnn":
+        return spec
+    return dataclasses.replace(spec, dropout=rate)
 
 
 @dataclass
@@ -87,13 +118,20 @@ class WorkerContext:
 
     @property
     def data(self) -> trainers.Dataset:
+        """The proxy's data: the study's, its training split cut to ``proxy_images`` if set."""
         if self._data is None:
-            self._data = load_data(self.settings.data, self.data_root)
+            data = load_data(self.settings.data, self.data_root)
+            n = self.settings.proxy_images
+            self._data = data.proxy_subset(n) if n else data
         return self._data
 
     @property
     def image_size(self) -> int:
-        return int(self.settings.data.get("image_size", 32))
+        return self.settings.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings.num_classes
 
 
 def _now() -> str:
@@ -116,9 +154,11 @@ def spec_for_trial(trial: optuna.Trial, ctx: WorkerContext) -> ArchSpec:
     budget, tol = ctx.settings.budget, ctx.settings.tolerance
     preset = trial.user_attrs.get("preset")
     if preset:
-        return dataclasses.replace(presets.get(preset), image_size=ctx.image_size).validate(require_widths=True)
+        return dataclasses.replace(presets.get(preset), image_size=ctx.image_size,
+                                   num_classes=ctx.num_classes).validate(require_widths=True)
+    # the data set's classes and input size: the budget is met on the real head
     spec = dataclasses.replace(sample_spec(trial), name=f"{ctx.study_name}-trial{trial.number}",
-                               image_size=ctx.image_size)
+                               image_size=ctx.image_size, num_classes=ctx.num_classes)
     try:
         return solve_widths(spec, budget, tol)
     except BudgetError as e:
@@ -198,8 +238,9 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
     }
     if preset:
         info = presets.info(preset)
-        attrs.update(preset_source=info.source, paper_params=info.paper_params,
-                     paper_accuracy=info.paper_accuracy)
+        kind = cfg.data.get("kind", "cifar10")       # the paper's figures on this study's data, if printed
+        attrs.update(preset_source=info.source, paper_params=info.params_on(kind),
+                     paper_accuracy=info.accuracy_on(kind))
     attrs["cpu_seconds"] = round(time.perf_counter() - t0, 3)
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
@@ -207,6 +248,7 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
 
 
 def _proxy(spec: ArchSpec, ctx: WorkerContext, epochs: int) -> trainers.TrainResult:
+    spec = network_spec(spec, ctx.settings.proxy_hparams)
     return trainers.train(lambda: models.build(spec), ctx.data, protocol="proxy", epochs=epochs,
                           device=ctx.device, seed=0, hparams=ctx.settings.proxy_hparams or None,
                           progress=ctx.progress)

@@ -172,6 +172,7 @@ def trials_with_results(study, trials=None) -> list:
                 "weights_path": r.get("weights_path"),
                 "retrain_data": r.get("data"),
                 "retrain_record": r,      # the whole record: label, planned epochs, overrides, per-epoch accuracy
+                "retrain_spec": r.get("spec"),
             })
         t.user_attrs = ua
         out.append(t)

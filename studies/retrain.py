@@ -32,8 +32,8 @@ import trainers
 from models import ArchSpec
 from models.measure import measure
 
-from .config import StudySettings
-from .objective import load_data, worker_name
+from .config import StudySettings, data_title
+from .objective import load_data, network_spec, worker_name
 from .results import pareto_numbers, retrain_results, trials_with_results, write_results
 from .retrain_protocol import (PAPER, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
                                retrain_label, retrain_protocols)
@@ -105,7 +105,8 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
         raise ValueError(f"study {store.name!r} was not made by `search.py run` (no settings stored)")
     kind = cfg.data.get("kind")
     if synthetic and kind != "synthetic":
-        raise ValueError(f"study {store.name!r} was searched on CIFAR-10; retrain on CIFAR-10 (--data DIR)")
+        raise ValueError(f"study {store.name!r} was searched on {data_title(cfg.data)}; it retrains on that "
+                         f"(--data DIR: where it is on this machine)")
     if data_root and kind == "synthetic":
         raise ValueError(f"study {store.name!r} was searched on synthetic data; --data does not apply")
     if numbers is None:
@@ -130,7 +131,8 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
 
     for i, t in enumerate(targets):
         head = f"[{i + 1}/{len(targets)}] trial {t.number}"
-        proto = paper_protocol(ArchSpec.from_json(t.user_attrs["spec"])) if protocol == PAPER else protocol
+        proto = (paper_protocol(ArchSpec.from_json(t.user_attrs["spec"]), cfg.data.get("kind", "cifar10"))
+                 if protocol == PAPER else protocol)
         label = retrain_label(proto, epochs, overrides)
         key = f"retrain:{t.number}:{label}"
         ckey = f"{cfg.uid}:retrain:{label}:{t.number}"
@@ -148,7 +150,7 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
             if finished(key) is not None:
                 continue
             if dataset is None:
-                dataset = load_data(cfg.data, data_root)
+                dataset = load_data(cfg.data, data_root, device=device)
             with store.claims.held(ckey, stale / 3):
                 entry, r = _retrain_one(study, t, label, proto, protocol, epochs, overrides, dataset, device,
                                         progress, say, head, cfg.retrain_hparams())
@@ -171,11 +173,13 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
 def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, device, progress, say, head,
                  study_hparams):
     """Retrain one trial's network; write its folder and the study attr ``retrain:N:LABEL``."""
-    spec = ArchSpec.from_json(t.user_attrs["spec"])
+    hparams = {**study_hparams, **overrides}      # the study's data-size settings, then the user's
+    # the protocol's dropout (004's SVHN protocol) is part of the network it trains, and of its weights' layout
+    searched = ArchSpec.from_json(t.user_attrs["spec"])
+    spec = network_spec(searched, trainers.protocol_hparams(protocol, hparams=hparams or None))
     folder = run_dir(study.study_name, t.number, label)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(spec.to_json(indent=2) + "\n")
-    hparams = {**study_hparams, **overrides}      # the study's data-size settings, then the user's
     planned = trainers.protocol_hparams(protocol, epochs=epochs, hparams=hparams)["epochs"]
     chosen = " (its family's paper protocol)" if requested == PAPER else ""
     say(f"{head}: {t.user_attrs.get('architecture', spec.name)} - retrain {label}: {protocol}{chosen}, "
@@ -195,7 +199,9 @@ def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, 
              "checkpoint_path": str(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now(),
              # what export needs to put the normalisation inside the program
              "data": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
-                      "classes": list(data.classes)}}
+                      "classes": list(data.classes), "image_size": data.image_size}}
+    if spec != searched:
+        entry["spec"] = spec.to_json()          # what was trained (export rebuilds this one)
     if r.ok and r.state_dict is not None:
         weights = folder / "weights.pt"
         tmp = weights.with_suffix(".pt.tmp")

@@ -24,7 +24,8 @@ __all__ = ["PAPER", "PAPER_RULE", "check_overrides", "describe_retrain", "epochs
            "protocol_epochs", "retrain_label", "retrain_protocols"]
 
 PAPER = "paper"                # the protocol name that chooses per network
-PAPER_RULE = ("each network its family's paper protocol: an RKCNN period or transition -> rkcnn (004); "
+PAPER_RULE = ("each network its family's paper protocol: an RKCNN period or transition -> rkcnn (004), on "
+              "SVHN rkcnn-svhn (004 §4.1.2); "
               "else any stage with stochastic depth -> lm-resnet-sd (002 §3); else stages that downsample "
               "(the CIFAR ResNet macro network) -> lm-resnet (002 §4); else one resolution (the HO-ResNet "
               "macro network) -> ho-resnet (000/001). A searched network that mixes schemes takes the "
@@ -37,8 +38,10 @@ _LABEL_SAFE = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
 _LABEL_MAX = 80                # characters of the overrides part before it is hashed
 
 
-def paper_protocol(spec: ArchSpec) -> str:
-    """The protocol the paper of ``spec``'s family trained it with (see :data:`PAPER_RULE`).
+def paper_protocol(spec: ArchSpec, dataset: str = "cifar10") -> str:
+    """The protocol the paper of ``spec``'s family trained it with on ``dataset`` (the
+    study's data kind; see :data:`PAPER_RULE`). 004 trains RKCNNs on SVHN under its own
+    protocol (no augmentation, dropout, 40 epochs); the other families' papers have none.
 
     The macro network decides, through :func:`models.family`, the same function that
     chooses the initialisation: 000/001 trained Euler, midpoint, RK4 and Verner stacks
@@ -50,7 +53,7 @@ def paper_protocol(spec: ArchSpec) -> str:
     """
     fam = family(spec)
     if fam == "rkcnn":
-        return "rkcnn"
+        return "rkcnn-svhn" if dataset == "svhn" else "rkcnn"
     if any(s.stochastic_depth for s in spec.stages):
         return "lm-resnet-sd"
     return "lm-resnet" if fam == "cifar-resnet" else "ho-resnet"
