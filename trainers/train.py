@@ -10,7 +10,7 @@
    ``resume`` continues from a checkpoint of the same run;
 4. trains epoch by epoch: each batch is cropped/flipped (and with
    ``autoaugment`` augmented) on the device and normalised on the fly, under
-   bf16 autocast and channels_last on CUDA; the loss is summed on the device
+   bf16 autocast on CUDA and channels_last; the loss is summed on the device
    and checked for nan/inf with one host sync every ``nan_check_every`` steps;
    after each epoch a checkpoint is written atomically (when a path is given);
 5. scores top-1 accuracy on ``score_on``: the validation split for the proxy,
@@ -135,7 +135,7 @@ def train(make_model: Callable[[], nn.Module], data: Dataset, *, protocol: str =
     hp = protocol_hparams(protocol, epochs=epochs, hparams=hparams)
     device = resolve_device(device)
     cuda = device.type == "cuda"
-    channels_last = hp["channels_last"] and cuda
+    channels_last = hp["channels_last"]
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     clock = PhaseClock(device)
     if deterministic:
@@ -377,7 +377,7 @@ def _train_epoch(model: nn.Module, optimizer, scheduler, split: Split, hp: dict,
     perm = torch.randperm(n, generator=gen, device=device)
     watch = _LossWatch(device)
     sync_every = 1 if device.type == "cpu" else max(1, int(hp["nan_check_every"]))
-    channels_last = hp["channels_last"] and device.type == "cuda"
+    channels_last = hp["channels_last"]
     trained, t0 = 0, time.perf_counter()
     for step in range(steps):
         idx = perm[step * b:(step + 1) * b]
@@ -421,9 +421,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Top-1 accuracy and mean loss of ``model`` on uint8 ``images`` (N, 3, H, W).
 
     Images are normalised with ``mean``/``std`` (per channel, [0, 1] units, as
-    in :class:`trainers.Dataset`); bf16 autocast and channels_last apply on
-    CUDA only. Accumulates on the device and syncs once at the end; the
-    model's train/eval mode is restored afterwards.
+    in :class:`trainers.Dataset`); bf16 autocast applies on CUDA only. Accumulates
+    on the device and syncs once at the end; the model's train/eval mode is restored
+    afterwards.
     """
     device = resolve_device(device)
     norm = Normalizer(mean, std, device)
@@ -431,13 +431,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    cl = channels_last and device.type == "cuda"
     try:
         for i in range(0, labels.shape[0], batch_size):
             x = images[i:i + batch_size].to(device, non_blocking=True)
             y = labels[i:i + batch_size].to(device, non_blocking=True)
             with _autocast(device, bf16):
-                out = model(norm(x, cl))
+                out = model(norm(x, channels_last))
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
     finally:
