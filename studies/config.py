@@ -32,9 +32,10 @@ MAX_TRIALS = 100_000         # trial lineages per study: ~500 GPU-hours at 18 s 
 MAX_WORKERS = 256            # worker processes of one launch
 MAX_SYNTHETIC_IMAGES = 200_000   # synthetic training images, held in memory as uint8
 MAX_IMAGE_SIZE = 256         # pixels: the synthetic set and the networks' inputs stay CIFAR-sized
-MIN_PROXY_IMAGES = 32        # --proxy-images: fewer is not a data set to rank networks on
+MIN_PROXY_IMAGES = 16        # --proxy-images: fewer is not a data set to rank networks on
 MAX_PROXY_IMAGES = 10_000_000
-CPU_EVAL_BATCH = 256         # images per evaluation pass of a proxy on the CPU (see small_data_hparams)
+CPU_PROXY_BATCH = 32         # images per step of a proxy on the CPU (see small_data_hparams)
+CPU_EVAL_BATCH = 256         # images per evaluation pass of a proxy on the CPU
 
 
 def option(default, help: str, **cli):
@@ -151,9 +152,7 @@ class RunOptions:
         if self.synthetic and "dataset" in self.explicit:
             raise ValueError(f"--synthetic and --dataset {self.dataset} exclude each other; give one")
         if not self.synthetic:
-            kind, _ = trainers.parse_dataset(self.dataset)     # unknown name, missing folder: one line
-            if kind != "folder" and "image_size" in self.explicit and self.image_size != 32:
-                raise ValueError(f"--image-size applies to a folder of images; {kind} images are 32x32")
+            trainers.parse_dataset(self.dataset)     # an unknown name, a missing folder: one line
         if not isinstance(self.proxy_hparams, dict):
             raise ValueError(f"--proxy-hparams: expected a JSON object, got {self.proxy_hparams!r}")
         try:
@@ -164,15 +163,15 @@ class RunOptions:
 
 
 def small_data_hparams(n_train: int, batch_size: int | None = None) -> dict:
-    """Batch and learning rate for a small training set, or for any on a CPU: an eighth of
-    the images per batch, 16 to 128, and the learning rate scaled with the batch (0.1 per
-    128 images).
+    """Batch and learning rate for a small training set: an eighth of the images per batch,
+    16 to 128 (or ``batch_size``), and the learning rate scaled with the batch (0.1 per 128
+    images).
 
-    On a CPU the proxy's default batch of 512 buys nothing: a CPU runs a batch as fast per
-    image at 128 as at 512 (no parallel units left idle), while backpropagation keeps every
-    layer's activations of the whole batch, the training bytes per image times the batch, 3.5 MB
-    to 25 MB per image for 100k-parameter networks at 32x32: about 6.5 GiB resident at 512,
-    a quarter of it at 128."""
+    On a CPU a study's proxy takes :data:`CPU_PROXY_BATCH` images per step, not the GPU's 512:
+    backpropagation keeps the activations of the whole batch, about 1.7x the tracked training
+    bytes per image times the batch in resident memory (a 100k network at 32x32: 7.5 GiB peak
+    at 512, 3.3 GiB at 128, 1.5 GiB at 32), and a CPU, with no parallel units left idle by a
+    small batch, trains as fast per image at 32 as at 128 or 512."""
     b = int(batch_size or min(128, max(16, n_train // 8)))
     return {"batch_size": b, "lr": 0.1 * b / 128}
 
@@ -245,10 +244,12 @@ class StudySettings:
             data.update(image_size=dataset.image_size, classes=list(dataset.classes))
             n_train = len(dataset.train)
         hp = dict(opts.proxy_hparams or {})
-        if opts.synthetic or opts.proxy_images or not device.startswith("cuda"):
-            # a small training set, or a CPU: the batch that costs nothing (small_data_hparams)
-            hp = {**small_data_hparams(opts.proxy_images or n_train, hp.get("batch_size")), **hp}
-        if not device.startswith("cuda"):
+        cpu = not device.startswith("cuda")
+        if opts.synthetic or opts.proxy_images or cpu:
+            # a small training set, or a CPU: a batch that costs no speed (see small_data_hparams)
+            batch = hp.get("batch_size") or (CPU_PROXY_BATCH if cpu and not opts.synthetic else None)
+            hp = {**small_data_hparams(opts.proxy_images or n_train, batch), **hp}
+        if cpu:
             hp.setdefault("eval_batch_size", CPU_EVAL_BATCH)     # inference activations of 1024 images: gigabytes
         hp = {**trainers.DATA_HPARAMS.get(data["kind"], {}), **hp}
         proxy_epochs = opts.proxy_epochs or (1 if opts.synthetic else 8 if device.startswith("cuda") else 2)

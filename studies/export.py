@@ -336,9 +336,7 @@ print(json.load(open("preprocess.json"))["classes"][model(x.float()).argmax(1).i
 def _data_words(study, data: dict) -> str:
     """The training data in words: ``CIFAR-100``, ``SVHN``, ``the folder /x/y``."""
     settings = StudySettings.load(study)
-    if settings is not None:
-        return data_title(settings.data)
-    return data.get("name") or "CIFAR-10"
+    return data_title(settings.data if settings is not None else {"kind": data.get("name") or "cifar10"})
 
 
 def _class_list(classes, shown: int = 12) -> str:

@@ -138,6 +138,9 @@ def _run(opts: RunOptions, say) -> dict:
     try:
         stored = StudySettings.load(store.study()) if store is not None and opts.study in _names(store) else None
         data = stored.data if stored else None if opts.synthetic else {**data_source(opts), "image_size": opts.image_size}
+        if stored is None and data is not None and data["kind"] != "folder" and "image_size" in opts.explicit \
+                and opts.image_size != 32:
+            raise ValueError(f"--image-size applies to a folder of images; {data['kind']} images are 32x32")
         dataset = None
         if data is not None and data.get("kind") != "synthetic":
             # once, before the study is touched: a clear error (missing, a bad folder, too big for the

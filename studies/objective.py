@@ -99,7 +99,7 @@ def network_spec(spec: ArchSpec, hparams: dict | None) -> ArchSpec:
     """The spec a run trains: with the protocol's ``dropout`` (004's SVHN protocol: 0.2) where
     the network takes one (RKCNN periods and transitions); unchanged otherwise."""
     rate = float((hparams or {}).get("dropout") or 0.0)
-    if rate == spec.dropout or models.family(spec) != "rkcnn":
+    if rate == spec.dropout or models.networks.family(spec) != "rkcnn":
         return spec
     return dataclasses.replace(spec, dropout=rate)
 

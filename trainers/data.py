@@ -130,8 +130,8 @@ def available_memory(device=None) -> int | None:
         return None
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def check_fits(what: str, n_images: int, image_size: int, device=None) -> int:
@@ -143,15 +143,15 @@ def check_fits(what: str, n_images: int, image_size: int, device=None) -> int:
     hint = ("use a smaller --image-size, fewer images" if what.startswith("folder") else "use a smaller data set")
     host = available_memory("cpu")
     if host is not None and nbytes * LOAD_COPIES > host:
-        raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_gib(nbytes)} as uint8 "
-                        f"and loading them needs about {_gib(nbytes * LOAD_COPIES)} of memory, but this machine has "
-                        f"{_gib(host)} available; {hint}, or a machine with more memory")
+        raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_size(nbytes)} as uint8 "
+                        f"and loading them needs about {_size(nbytes * LOAD_COPIES)} of memory, but this machine has "
+                        f"{_size(host)} available; {hint}, or a machine with more memory")
     dev = torch.device(device or "cpu")
     if dev.type == "cuda":
         free = available_memory(dev)
         if free is not None and nbytes > DEVICE_SHARE * free:
-            raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_gib(nbytes)} as uint8, "
-                            f"more than {DEVICE_SHARE:.0%} of the {_gib(free)} free on {dev} (the network needs the "
+            raise DataError(f"{what}: {n_images:,} images of {image_size}x{image_size} take {_size(nbytes)} as uint8, "
+                            f"more than {DEVICE_SHARE:.0%} of the {_size(free)} free on {dev} (the network needs the "
                             f"rest); {hint}, or --device cpu")
     return nbytes
 
