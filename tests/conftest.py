@@ -21,3 +21,67 @@ def home(tmp_path_factory):
         os.environ.pop("STACKNAS_HOME", None)
     else:
         os.environ["STACKNAS_HOME"] = old
+
+
+# --------------------------------------------------------------------------
+# tiny data sets in each on-disk layout (tests never download)
+# --------------------------------------------------------------------------
+
+def write_cifar100(root, n_train: int = 40, n_test: int = 10, seed: int = 0):
+    """torchvision's ``cifar-100-python/{train,test,meta}`` with tiny splits; returns the
+    training rows (N, 3072), their fine labels and the 100 fine label names."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = [f"fine{i:02d}" for i in range(100)]
+    rows = rng.integers(0, 256, (n_train, 3072), dtype=np.uint8)
+    fine = rng.integers(0, 100, n_train)
+    for split, x, y in (("train", rows, fine),
+                        ("test", rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), rng.integers(0, 100, n_test))):
+        with open(folder / split, "wb") as f:      # bytes keys, as the original archive
+            pickle.dump({b"data": x, b"fine_labels": [int(v) for v in y],
+                         b"coarse_labels": [int(v) // 5 for v in y], b"filenames": [b""] * len(y)}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [n.encode() for n in names],
+                     b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, f)
+    return rows, fine, names
+
+
+def write_svhn(root, n_train: int = 30, n_test: int = 12, seed: int = 0):
+    """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` (X: 32x32x3xN uint8, y: Nx1 in 1..10,
+    10 standing for the digit 0); returns the training X and y as written."""
+    from pathlib import Path
+
+    import numpy as np
+    import scipy.io
+    rng = np.random.default_rng(seed)
+    out = None
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(str(Path(root) / f"{split}_32x32.mat"), {"X": x, "y": y})
+        out = out or (x, y)
+    return out
+
+
+def write_image_folder(root, classes=("cat", "dog", "emu"), per_class: int = 10, size=(20, 14), mode: str = "RGB",
+                       seed: int = 0):
+    """A folder of PNGs, one sub-folder per class; each class a distinct colour plus noise."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        d = Path(root) / name
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.array([(60 * c + 40) % 256, (90 * c + 120) % 256, (150 * c + 30) % 256])
+        for i in range(per_class):
+            px = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).convert(mode).save(d / f"{i:03d}.png")
+    return Path(root)

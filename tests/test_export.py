@@ -168,7 +168,7 @@ def test_model_card_and_best_rule(study):
     assert "55.00%" in card and "40.00%" in card
     assert "torch.export.load(\"model.pt2\").module()" in card and "models.build(spec)" in card
     assert "logits" in card and "exactly 32x32" in card and "resize" in card
-    assert "40 epochs" in card and "Trained on cifar10 (10 classes)" in card and "synthetic" not in card
+    assert "40 epochs" in card and "Trained on CIFAR-10 (10 classes: 0 airplane, 1 automobile," in card and "synthetic" not in card
     assert f"| parameters | {models.measure.count_params(models.build(SPEC)):,} |" in card
     assert "on the accuracy-vs-memory Pareto front" in card
     # the network drawn from its spec, beside the card that shows it

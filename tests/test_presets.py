@@ -78,6 +78,36 @@ def test_parameter_count_matches_paper_row(name):
         assert not printed_matches(count, info.paper_params)
 
 
+@pytest.mark.parametrize("name", [n for n in ALL if presets.info(n).cifar100_params])
+def test_parameter_count_at_100_classes_matches_the_cifar100_column(name):
+    """002 Table 2 and 004 Tables 3/5 print CIFAR-100 counts: the head's 100 classes grow the count."""
+    info = presets.info(name)
+    net = models.build(dataclasses.replace(presets.get(name), num_classes=100), device="meta")
+    count = paper_count(net, info.count)
+    assert printed_matches(count, info.cifar100_params), f"{name}: {count:,} vs printed {info.cifar100_params}"
+    assert info.params_on("cifar100") == info.cifar100_params and info.params_on("svhn") == info.paper_params
+
+
+def test_cifar100_counts_cover_the_papers_rows():
+    with_100 = {n for n in ALL if presets.info(n).cifar100_params}
+    assert {"resnet-110", "lm-resnet-110"} <= with_100
+    assert all(n in with_100 for n in ALL if n.startswith("rkcnn-"))
+    assert presets.info("rkcnn-i-2_2_2-k120").cifar100_params == "1.964M"
+
+
+def test_describe_counts_with_the_data_sets_classes():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "search.py", "describe", "rkcnn-i-2_2_2-k120", "--dataset", "cifar100",
+                          "--compact"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert (d["params"], d["num_classes"], d["paper_params"]) == (1_964_020, 100, "1.964M")
+
+
 def test_ho_rows_count_conv_and_fc_only():
     """001 prints 1.03M for Euler x14: conv+FC 1,034,570; with BN affine 1,038,282 (1.04M)."""
     net = models.build(presets.get("ho-euler-x14"), device="meta")
