@@ -5,16 +5,18 @@ Runs, in a fresh process with a fresh data home, a 100k-parameter study on real 
 whose proxies train on a seeded subset of the training images::
 
     python search.py run --study c10-cpu --budget 100k --tolerance 0.1 --trials 8 \\
-        --proxy-images 2000 --proxy-epochs 1 --rungs 1 --device cpu --data DATA
+        --proxy-images 2000 --proxy-epochs 1 --rungs 1 --device cpu --workers 2 --data DATA
 
-and records its wall seconds, the CPU seconds it used (user + system: on an unloaded
-machine with C cores kept busy, the wall time is about CPU / C), its peak resident memory
-(``ru_maxrss``), the load average before, during (sampled every 5 s) and after, and the
-front it found (trials, their proxy images/s and seconds, accuracy, memory).
+and records its wall seconds, the CPU seconds it used (user + system of every process: on an
+unloaded machine with C cores kept busy, the wall time is about CPU / C), its peak resident
+memory (the largest process's ``ru_maxrss``, and the sum over the process tree sampled every
+5 s), the load average before, during (sampled every 5 s) and after, and the front it found
+(trials, their proxy images/s and seconds, accuracy, memory).
 
-Then, unless ``--no-batch``, the proxy of the study's first trained network alone, at the
-batch the study used on the CPU (128) and at the GPU default (512), each in its own process:
-images/s and peak resident memory, to show what the CPU cap of the batch costs and saves.
+Then, unless ``--no-batch``, the proxy of the study's first trained network alone, on one
+thread, at the batch a study uses on the CPU (32), at 128 and at the GPU default (512), each
+in its own process: images/s, CPU milliseconds per image and peak resident memory, to show
+what the CPU cap of the batch costs and saves.
 
 Writes ``benchmarks/results/bench_cpu_real-<UTC time>.json`` with provenance::
 
@@ -36,21 +38,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["run", "--study", "c10-cpu", "--budget", "100k", "--tolerance", "0.1", "--trials", "8",
-         "--proxy-images", "2000", "--proxy-epochs", "1", "--rungs", "1", "--device", "cpu", "--no-progress"]
+         "--proxy-images", "2000", "--proxy-epochs", "1", "--rungs", "1", "--device", "cpu", "--workers", "2",
+         "--no-progress"]
+BATCHES = (32, 128, 512)
 # Resource use of one child, measured from a fresh parent (RUSAGE_CHILDREN is the largest / summed child so far).
 PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
          "rc = subprocess.run(sys.argv[1:]).returncode; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
          "print(rc, time.perf_counter() - t, r.ru_maxrss, r.ru_utime + r.ru_stime)")
 # The proxy of one network at one batch size: images/s of training, seconds of the evaluation.
 PROXY = """
-import json, sys
+import json, sys, time
+import torch
 import models, trainers
+torch.set_num_threads(1)
 spec, batch, n = models.ArchSpec.from_json(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 data = trainers.load_cifar10(sys.argv[4]).proxy_subset(n)
+t = time.process_time()
 r = trainers.train(lambda: models.build(spec), data, protocol="proxy", epochs=1, device="cpu", progress=False,
                    hparams={"batch_size": batch, "lr": 0.1 * batch / 128, "eval_batch_size": 256})
 print(json.dumps({"images_per_second": r.images_per_second, "train_seconds": r.seconds["train"],
-                  "eval_seconds": r.seconds["eval"], "val_accuracy": r.val_accuracy}))
+                  "eval_seconds": r.seconds["eval"], "val_accuracy": r.val_accuracy,
+                  "cpu_ms_per_image": 1000 * (time.process_time() - t) / (n + len(data.val))}))
 """
 
 
@@ -59,16 +67,37 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-class _LoadSampler(threading.Thread):
-    """The 1-minute load average every ``every`` seconds while a command runs."""
+def _tree_rss(root: int) -> int:
+    """Resident bytes of process ``root`` and all its descendants (from /proc)."""
+    parent, rss = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                rss[int(d.name)] = int((d / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                pass
+    tree, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, q in parent.items() if q == p and c not in tree]
+    return sum(rss.get(p, 0) for p in tree)
+
+
+class _Sampler(threading.Thread):
+    """The 1-minute load average, and the resident memory of a process tree, every ``every`` seconds."""
 
     def __init__(self, every: float = 5.0):
         super().__init__(daemon=True)
-        self.every, self.samples, self._stop = every, [], threading.Event()
+        self.every, self.samples, self.peak_tree, self.pid, self._stop = every, [], 0, None, threading.Event()
 
     def run(self):
         while not self._stop.wait(self.every):
             self.samples.append(os.getloadavg()[0])
+            if self.pid is not None:
+                self.peak_tree = max(self.peak_tree, _tree_rss(self.pid))
 
     def stop(self) -> dict:
         self._stop.set()
@@ -80,17 +109,21 @@ class _LoadSampler(threading.Thread):
 def _measured(argv: list[str], cwd: Path, env: dict) -> dict:
     """Wall and CPU seconds, peak resident MiB and output of ``argv`` in its own process."""
     before = list(os.getloadavg())
-    load = _LoadSampler()
-    load.start()
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=6 * 3600)
-    during = load.stop()
+    sampler = _Sampler()
+    sampler.start()
+    proc = subprocess.Popen([sys.executable, "-c", PROBE, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    sampler.pid = proc.pid
+    stdout, stderr = proc.communicate(timeout=6 * 3600)
+    during = sampler.stop()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = out.stdout.strip().splitlines()
     rc, seconds, maxrss_kib, cpu = lines[-1].split()
     if int(rc):
         raise SystemExit(f"error: {' '.join(argv)} exited {rc}:\n{out.stderr[-3000:]}")
     return {"seconds": round(float(seconds), 1), "cpu_seconds": round(float(cpu), 1),
-            "peak_resident_mib": round(int(maxrss_kib) / 1024, 1), "load_average_before": before,
+            "peak_resident_mib": round(int(maxrss_kib) / 1024, 1),
+            "peak_tree_resident_mib": round(sampler.peak_tree / 2**20, 1), "load_average_before": before,
             "load_average_during": during, "load_average_after": list(os.getloadavg()), "stdout": lines[:-1]}
 
 
@@ -126,7 +159,7 @@ def main(argv=None) -> dict:
         batch = {}
         first = next((t for t in study.get_trials() if t.state.name == "COMPLETE"), None)
         if first is not None and not args.no_batch:
-            for b in (128, 512):
+            for b in BATCHES:
                 m = _measured([sys.executable, "-c", PROXY, first.user_attrs["spec"], str(b), "2000", data], home, env)
                 batch[str(b)] = {**json.loads(m.pop("stdout")[-1]), **m}
             batch["network"] = first.user_attrs.get("architecture")
@@ -140,10 +173,12 @@ def main(argv=None) -> dict:
     path = out / f"bench_cpu_real-{stamp}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"run      {run['seconds']:8.1f} s wall, {run['cpu_seconds']:8.1f} s CPU, {run['peak_resident_mib']:7.1f} MiB "
-          f"peak resident; load average during {run['load_average_during']['mean_1min']}")
+          f"peak resident (largest process), {run['peak_tree_resident_mib']:7.1f} MiB (all); load average during "
+          f"{run['load_average_during']['mean_1min']}")
     for b, m in batch.items():
         if isinstance(m, dict):
-            print(f"batch {b:>4s} {m['images_per_second']:7.1f} img/s  {m['peak_resident_mib']:7.1f} MiB peak resident")
+            print(f"batch {b:>4s} {m['cpu_ms_per_image']:6.1f} CPU ms/image  {m['peak_resident_mib']:7.1f} MiB peak "
+                  f"resident")
     print(f"wrote {path}")
     return record
 
