@@ -55,7 +55,7 @@ spec, batch, n = models.ArchSpec.from_json(sys.argv[1]), int(sys.argv[2]), int(s
 data = trainers.load_cifar10(sys.argv[4]).proxy_subset(n)
 t = time.process_time()
 r = trainers.train(lambda: models.build(spec), data, protocol="proxy", epochs=1, device="cpu", progress=False,
-                   hparams={"batch_size": batch, "lr": 0.1 * batch / 128, "eval_batch_size": 256})
+                   hparams={"batch_size": batch, "lr": 0.1 * batch / 128, "eval_batch_size": 64})
 print(json.dumps({"images_per_second": r.images_per_second, "train_seconds": r.seconds["train"],
                   "eval_seconds": r.seconds["eval"], "val_accuracy": r.val_accuracy,
                   "cpu_ms_per_image": 1000 * (time.process_time() - t) / (n + len(data.val))}))

@@ -35,7 +35,7 @@ MAX_IMAGE_SIZE = 256         # pixels: the synthetic set and the networks' input
 MIN_PROXY_IMAGES = 16        # --proxy-images: fewer is not a data set to rank networks on
 MAX_PROXY_IMAGES = 10_000_000
 CPU_PROXY_BATCH = 32         # images per step of a proxy on the CPU (see small_data_hparams)
-CPU_EVAL_BATCH = 256         # images per evaluation pass of a proxy on the CPU
+CPU_EVAL_BATCH = 64          # images per evaluation pass of a proxy on the CPU (as fast per image, less memory)
 
 
 def option(default, help: str, **cli):
@@ -84,8 +84,10 @@ class RunOptions:
     eta: int = option(3, "successive halving: the best 1/ETA of a rung is promoted to ETA x its epochs",
                       type=int)
     dataset: str = option("cifar10", "data set: cifar10, cifar100, svhn (its train split; extra is not used) "
-                                     "or a folder with one sub-folder of images per class (a name wins over a "
-                                     "folder of that name: write ./svhn)", metavar="NAME_OR_DIR")
+                                     "or a folder with one sub-folder of images per class (its train/ and test/ "
+                                     "sub-folders are the splits if it has them, else 20%% of each class is held "
+                                     "out as test; a name wins over a folder of that name: write ./svhn)",
+                          metavar="NAME_OR_DIR")
     data: str | None = option(None, "folder holding the named data sets in torchvision's layout (default ./data; "
                                     "downloaded there with torchvision when missing); for a folder study resumed "
                                     "elsewhere, where that folder is on this machine", metavar="DIR")
@@ -167,11 +169,14 @@ def small_data_hparams(n_train: int, batch_size: int | None = None) -> dict:
     16 to 128 (or ``batch_size``), and the learning rate scaled with the batch (0.1 per 128
     images).
 
-    On a CPU a study's proxy takes :data:`CPU_PROXY_BATCH` images per step, not the GPU's 512:
-    backpropagation keeps the activations of the whole batch, about 1.7x the tracked training
-    bytes per image times the batch in resident memory (a 100k network at 32x32: 7.5 GiB peak
-    at 512, 3.3 GiB at 128, 1.5 GiB at 32), and a CPU, with no parallel units left idle by a
-    small batch, trains as fast per image at 32 as at 128 or 512."""
+    On a CPU a study's proxy takes :data:`CPU_PROXY_BATCH` images per step and evaluates
+    :data:`CPU_EVAL_BATCH` at a time, not the GPU's 512 and 1,024: backpropagation keeps the
+    activations of the whole batch (the tracked training bytes per image times the batch, and
+    about as much again in the CPU kernels' buffers and the allocator's slack), while a CPU,
+    with no parallel units for a large batch to fill, trains nearly as fast per image at 32 as
+    at 512; with a few thousand images the smaller batch also takes more steps, and learns
+    more, in one epoch. ``benchmarks/bench_cpu_real.py`` measures both (README, "Real data on
+    a CPU")."""
     b = int(batch_size or min(128, max(16, n_train // 8)))
     return {"batch_size": b, "lr": 0.1 * b / 128}
 

@@ -137,7 +137,11 @@ def _run(opts: RunOptions, say) -> dict:
                                                                            owner=worker_name())
     try:
         stored = StudySettings.load(store.study()) if store is not None and opts.study in _names(store) else None
-        data = stored.data if stored else None if opts.synthetic else {**data_source(opts), "image_size": opts.image_size}
+        if stored is not None:
+            check_resume(stored, opts)     # an option contradicting the study is refused before any data is read
+            data = stored.data
+        else:
+            data = None if opts.synthetic else {**data_source(opts), "image_size": opts.image_size}
         if stored is None and data is not None and data["kind"] != "folder" and "image_size" in opts.explicit \
                 and opts.image_size != 32:
             raise ValueError(f"--image-size applies to a folder of images; {data['kind']} images are 32x32")

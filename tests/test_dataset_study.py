@@ -115,6 +115,20 @@ def test_retrain_under_the_svhn_protocol_and_export_need_no_data_flag(folder_stu
     assert '["classes"]' in code and ".resize((8, 8))" in code
 
 
+def test_the_python_api_takes_the_same_keyword(folder_study):
+    with pytest.raises(ValueError, match="was created on the folder .*; --dataset svhn cannot change that"):
+        studies.run("imgs", 4, dataset="svhn", device="cpu", progress=False)
+
+
+def test_run_help_names_the_data_choices():
+    rc, out, _ = cli("run", "--help")
+    text = " ".join(out.split())
+    assert rc == 0
+    for needle in ("--dataset NAME_OR_DIR", "cifar10, cifar100, svhn (its train split; extra is not used)",
+                   "20% of each class is held out as test", "--image-size PIXELS", "--proxy-images N"):
+        assert needle in text, needle
+
+
 # ----------------------------------------------------------------------------- refusals
 def _unreadable(root):
     write_image_folder(root, classes=("a",))
@@ -158,7 +172,7 @@ def test_on_a_cpu_the_proxy_batch_is_capped_and_svhn_is_not_flipped():
     data = trainers.synthetic(n_train=2000, n_val=64, n_test=64, image_size=8)
     opts = RunOptions.from_user(study="x", trials=1, dataset="svhn")
     cpu = StudySettings.from_options(opts, "cpu", data).proxy_hparams
-    assert cpu == {"batch_size": 32, "lr": 0.025, "eval_batch_size": 256, "flip": False}
+    assert cpu == {"batch_size": 32, "lr": 0.025, "eval_batch_size": 64, "flip": False}
     assert StudySettings.from_options(opts, "cuda", data).proxy_hparams == {"flip": False}   # 512, as today
     given = RunOptions.from_user(study="x", trials=1, proxy_hparams={"batch_size": 64})
     assert StudySettings.from_options(given, "cpu", data).proxy_hparams["lr"] == 0.05   # scaled with the batch

@@ -197,9 +197,9 @@ def load_dataset(kind: str, root: str | Path = "data", *, image_size: int = 32, 
     fraction, see :mod:`trainers.image_folder`). ``image_size`` applies to a folder only.
     ``say`` receives what a folder's loading had to do (conversions, skipped files)."""
     if kind == "folder":
-        size = data_size(kind, root, image_size)
-        check_fits(f"folder {root}", size["n_images"], image_size, device)
-        return load_image_folder(root, image_size, val_size=val_size, split_seed=split_seed, say=say)
+        scan = scan_folder(root)
+        check_fits(f"folder {root}", len(scan.train) + len(scan.test), image_size, device)
+        return load_image_folder(scan, image_size, val_size=val_size, split_seed=split_seed, say=say)
     if kind not in _NAMED:
         raise DataError(f"unknown data set {kind!r}; allowed: {', '.join(DATASETS)}, or a folder")
     named = _NAMED[kind]

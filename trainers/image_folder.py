@@ -172,12 +172,13 @@ def _read(files: tuple[tuple[Path, int], ...], size: int) -> tuple[np.ndarray, n
     return images, ok, bad, converted
 
 
-def load_image_folder(root: str | Path, image_size: int = 32, *, val_size: int | None = None,
+def load_image_folder(root: str | Path | FolderScan, image_size: int = 32, *, val_size: int | None = None,
                       split_seed: int = SPLIT_SEED, say=None) -> Dataset:
-    """Read the folder (see the module docstring) as a :class:`trainers.Dataset`; ``val_size``
-    overrides :data:`VAL_FRACTION` of the training images. ``say`` gets one line for the
-    images converted to RGB and one for the files skipped, if any."""
-    scan = scan_folder(root)
+    """Read the folder (see the module docstring; or its :func:`scan_folder`) as a
+    :class:`trainers.Dataset`; ``val_size`` overrides :data:`VAL_FRACTION` of the training
+    images. ``say`` gets one line for the images converted to RGB and one for the files
+    skipped, if any."""
+    scan = root if isinstance(root, FolderScan) else scan_folder(root)
     size = int(image_size)
     files = scan.train + scan.test
     images, ok, bad, converted = _read(files, size)
