@@ -7,13 +7,12 @@ numpy, without insisting on torchvision's md5 sums, so any copy in that layout
 loads); when their files are missing and ``download`` is true, torchvision
 downloads them, and when that fails the error names the layout to place by hand:
 
-==========  ==========================================================  ==============
-name        files under ROOT (torchvision's layout)                     train / test
-==========  ==========================================================  ==============
-cifar10     ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``  50,000 / 10,000
-cifar100    ``cifar-100-python/{train,test,meta}`` (the 100 fine labels)     50,000 / 10,000
-svhn        ``train_32x32.mat``, ``test_32x32.mat`` (``extra`` not used)      73,257 / 26,032
-==========  ==========================================================  ==============
+* ``cifar10``: ``ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``,
+  50,000 training and 10,000 test images, 10 classes;
+* ``cifar100``: ``ROOT/cifar-100-python/{train,test,meta}``, 50,000 / 10,000, the 100 fine
+  labels (not the 20 coarse ones);
+* ``svhn``: ``ROOT/train_32x32.mat`` and ``ROOT/test_32x32.mat``, 73,257 / 26,032, the
+  digits 0-9 (SVHN's label 10 is the digit 0).
 
 SVHN's 531,131 ``extra`` images are not used: they would make the data eight
 times larger (1.6 GB as uint8) and every proxy epoch eight times longer, and
