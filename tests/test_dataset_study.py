@@ -189,6 +189,13 @@ def test_the_svhn_protocol_is_004s():
         "schedule": "multistep"}
 
 
+def test_the_paper_protocol_of_an_rkcnn_on_svhn_is_004s_svhn_protocol():
+    from studies.retrain_protocol import paper_protocol
+    rkcnn = presets.get("rkcnn-r-2_2_2-k26_28_28")
+    assert paper_protocol(rkcnn, "svhn") == "rkcnn-svhn" and paper_protocol(rkcnn, "cifar100") == "rkcnn"
+    assert paper_protocol(presets.get("lm-resnet-56"), "svhn") == "lm-resnet"      # no SVHN protocol in 002
+
+
 def test_rkcnn_dropout_follows_every_convolution_and_is_saved():
     spec = dataclasses.replace(presets.get("rkcnn-r-2_2_2-k26_28_28"), dropout=0.2)
     assert ArchSpec.from_json(spec.to_json()).dropout == 0.2
