@@ -264,7 +264,8 @@ class _Part:
             # "keep" alone (a first stage after its own-width stem) is read directly; any
             # other piece needs the widening one, whose forms hold c_in and c apart
             self.main = 0 if set(pieces) == {0} else 1
-        todo = [(v, pt) for v in self._main_variants for pt in _PROBES[self.main]]
+        todo = ([] if self.main in self._forms else  # read already (its shapes may be gone)
+                [(v, pt) for v in self._main_variants for pt in _PROBES[self.main]])
         others = [p for p in pieces if p != self.main and p not in self._forms]
         if others:
             firsts = [(self.small, _PROBES[p][0]) for p in (self.main, *others)]
@@ -430,12 +431,19 @@ class ParamCounter:
         self._parts = [_part(_probe_spec(spec, (StageSpec(), s))) for s in stages]
         self._head = _probe_spec(spec, [StageSpec() for _ in stages])
 
-    def __call__(self, widths) -> np.ndarray:
+    def __call__(self, widths, stem=None) -> np.ndarray:
         w = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         if w.ndim != 2 or w.shape[1] != len(self.spec.stages) or (w < 1).any():
             raise SpecError(f"widths: need rows of {len(self.spec.stages)} positive integers, "
                             f"one per stage, got shape {w.shape}")
-        stem = np.full(len(w), self.spec.stem_width) if self.spec.stem_width else w[:, 0]
+        if stem is not None:  # one stem width per row
+            stem = np.broadcast_to(np.asarray(stem, dtype=np.int64), (len(w),))
+            if (stem < 1).any():
+                raise SpecError("stem widths: need positive integers")
+        elif self.spec.stem_width:
+            stem = np.full(len(w), self.spec.stem_width)
+        else:
+            stem = w[:, 0]
         inputs = [stem] + [w[:, j - 1] for j in range(1, w.shape[1])]
         signs = [np.sign(w[:, j] - x) for j, x in enumerate(inputs)]
         rows = [{piece: s == piece for piece in (-1, 0, 1)} for s in signs]
