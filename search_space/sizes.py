@@ -1,0 +1,142 @@
+"""The sizes a budget leaves room for: which nesting depths, block counts and RKCNN
+``s`` / ``r`` the sampler offers at a parameter budget, so that the width solver
+(:func:`search_space.budget.solve_widths`) can bring the network to the budget.
+
+The sampler asks a network's sizes last, stage by stage, once every stage's
+scheme and downsampling are known; each size question offers the range of
+values for which some choice of the sizes still to come can meet the budget
+(:meth:`Room.allowed`). What can meet it is judged on a size model of the
+network, not on its exact count (the solver's): a stage of ``n`` sub-nets at
+``c`` channels holds ``n * (18 c^2 + 4 c)`` parameters (two 3x3 convolutions and
+two BatchNorms per sub-net); an RKCNN period counts each unit with ``m``-channel
+inputs as ``(m + 9) / 18`` sub-nets (a 1x1 convolution from ``m k`` channels and a
+3x3 one at ``k``), and its transition as ``1/18`` (``2/18`` with attention); the stem
+adds ``27 c`` and the head about ``12 c`` per stage it reads. Widths follow the
+solver's pattern (x2 per downsampling; constant for RKCNN) scaled to the budget
+and clipped to ``[MIN_WIDTH, MAX_WIDTH]``. A network is offered when
+
+* its narrowest form (every stage at ``MIN_WIDTH``) holds at most the budget plus
+  the tolerance, and its widest (every stage at ``MAX_WIDTH``) at least the budget
+  minus the tolerance: no width can help otherwise;
+* one channel more or less in any stage moves the count by no more than the
+  tolerance window (``2 * tolerance * budget``) plus what the finer parts can
+  absorb: three channels either way of every stage whose own channel steps fit
+  in the window (the solver's fine candidates) and, for a network opening with a
+  scheme stage, a stem from ``MIN_WIDTH`` to twice the first stage's width (the
+  solver's last resort). This is what keeps a deep stage from being narrow: a
+  stage of ``n`` sub-nets at ``c`` channels moves the count by about ``36 n c`` per
+  channel, ``2/c`` of a one-stage network.
+
+A spec's validity at a budget thus depends on the budget and on the choices
+made before each size; :func:`search_space.sampling.why_not_in_space` replays
+the same questions, so it knows the rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .budget import MAX_WIDTH, MIN_WIDTH
+
+STEM_WEIGHTS = 27      # parameters per stem channel: conv3x3 from 3 input channels
+HEAD_WEIGHTS = 12      # parameters per channel a head reads: BatchNorm (2) and an FC to 10 classes
+_MOVES = 3             # channels either way the solver moves a stage among its fine candidates
+_BISECTION = 20        # halvings of the scale interval (at most 512 channels): a thousandth of a channel
+
+
+def subnet_weights(scheme_leaves: int, blocks: int) -> float:
+    """Sub-nets of a scheme stage: ``blocks`` blocks of ``scheme_leaves`` leaves each."""
+    return float(scheme_leaves * blocks)
+
+
+def rkcnn_weights(s: int, r: int, variant: str, transition: str, first: bool) -> float:
+    """An RKCNN period of ``s`` stages and ``r`` steps, with the transition before it,
+    in sub-net equivalents (``k^2`` terms over a sub-net's ``18 k^2``): phase I unit ``i``
+    reads ``i k`` channels, phase II units (-I, -R) read ``s k`` (004 Algorithm 1)."""
+    phase1 = sum(i + 9 for i in range(1, s + 1))
+    phase2 = 0 if variant == "rkcnn-e" else s * (s + 9)
+    trans = 0 if first else (2 if transition == "conv-attention" else 1)
+    return (r * (phase1 + phase2) + trans) / 18
+
+
+@dataclass(frozen=True)
+class Room:
+    """The size model at one budget. ``stem_absorbs``: the network opens with a scheme
+    stage, whose stem width the solver may free."""
+
+    budget: int
+    tolerance: float
+
+    def _counts(self, weights: np.ndarray, ratios: np.ndarray, scale: np.ndarray) -> tuple:
+        c = np.clip(scale[:, None] * ratios[None, :], MIN_WIDTH, MAX_WIDTH)
+        total = (weights * (18 * c * c + 4 * c)).sum(1) + STEM_WEIGHTS * c[:, 0] + HEAD_WEIGHTS * c.sum(1)
+        return total, c
+
+    def feasible(self, weights, ratios, stem_absorbs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each row of ``weights`` (sub-nets per stage): ``(reach, fits, coarse)``,
+        whether some widths hold the budget between the narrowest and the widest
+        network, whether moreover the channel steps are fine enough to meet it (see the
+        module docstring), and how coarse they are (the largest channel step over what
+        can absorb it; infinite out of reach)."""
+        w = np.atleast_2d(np.asarray(weights, dtype=float))
+        r = np.asarray(ratios, dtype=float)
+        b, tol = float(self.budget), self.tolerance
+        lo = np.full(len(w), MIN_WIDTH / r.max())
+        hi = np.full(len(w), MAX_WIDTH / r.min())
+        floor, _ = self._counts(w, r, lo)
+        ceiling, _ = self._counts(w, r, hi)
+        reach = (floor <= b * (1 + tol)) & (ceiling >= b * (1 - tol))
+        for _ in range(_BISECTION):  # the scale that meets the budget (counts grow with it)
+            mid = (lo + hi) / 2
+            above = self._counts(w, r, mid)[0] > b
+            hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+        _, c = self._counts(w, r, lo)
+        step = w * (36 * c + 22)                         # parameters per channel of each stage
+        window = 2 * tol * b
+        fine = step <= window
+        at_bound = (c <= MIN_WIDTH) | (c >= MAX_WIDTH)
+        moves = np.where(fine, np.where(at_bound, _MOVES, 2 * _MOVES) * step, 0.0)
+        stem = (9 * c[:, 0] + 31) * (2 * c[:, 0] - MIN_WIDTH) if stem_absorbs else np.zeros(len(w))
+        absorbed = window + stem[:, None] + moves.sum(1, keepdims=True) - moves
+        coarse = (step / absorbed).max(1)   # above 1: some count between two channel steps is out of reach
+        return reach, reach & (coarse <= 1), np.where(reach, coarse, np.inf)
+
+    def allowed(self, decided: list[float], options: dict, later: list[tuple[float, float]],
+                ratios, stem_absorbs: bool) -> list:
+        """The values of one size question that leave room for the budget, a run of
+        consecutive ones: ``options`` maps each value to the stage weights it can lead
+        to (the stage's sizes still open), ``decided`` holds the weights of the stages
+        before, ``later`` the ``(fewest, most)`` weights of the stages after. A value is
+        allowed when one of its weights fits with the later stages all at their fewest
+        or all at their most. Where the allowed values are not consecutive, the longest
+        run is offered (the first of equals); where none fits, the value whose channel
+        steps are the least coarse among those whose widths can hold the budget (the
+        solver may still find the channels); where none can, none (the network is
+        pruned)."""
+        rows, keys = [], []
+        ends = [[lo for lo, _ in later], [hi for _, hi in later]]
+        for value, weights in options.items():
+            for weight in weights:
+                for end in ends:
+                    rows.append([*decided, weight, *end])
+                    keys.append(value)
+        _, fits, coarse = self.feasible(rows, ratios, stem_absorbs)
+        good = sorted({k for k, g in zip(keys, fits) if g})
+        if good:
+            return _longest_run(good, sorted(options))
+        least = coarse.min()
+        return [] if not np.isfinite(least) else sorted({k for k, c in zip(keys, coarse) if c == least})
+
+
+def _longest_run(good: list, values: list) -> list:
+    """The longest run of ``good`` values that are consecutive in ``values``."""
+    runs, run = [], []
+    for v in values:
+        if v in good:
+            run.append(v)
+        elif run:
+            runs.append(run)
+            run = []
+    runs.append(run)
+    return max(runs, key=len)
