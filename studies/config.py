@@ -26,7 +26,8 @@ from search_space import DEFAULT_TOLERANCE, parse_budget
 __all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "json_object", "option"]
 
 MEMORY_OBJECTIVES = ("inference", "training")
-SETTINGS_FORMAT = 1          # version of the stored settings' layout
+SETTINGS_FORMAT = 2          # version of the stored settings' layout; 2: the search space asks its sizes last,
+                             # within what the budget leaves room for (a format-1 study's questions differ)
 # Bounds of what a user can type, so that a typo cannot eat the machine or the database.
 MAX_TRIALS = 100_000         # trial lineages per study: ~500 GPU-hours at 18 s a trial
 MAX_WORKERS = 256            # worker processes of one launch
@@ -68,13 +69,17 @@ class RunOptions:
     """Options of one launch of ``run``. ``study`` and ``trials`` are required."""
 
     study: str = option(None, "study name (names its database file under the data home)", required=True)
-    trials: int = option(None, "finished trials the study should hold in total (not new ones): a rerun "
-                               "with a larger number resumes it", type=int, required=True)
+    trials: int = option(None, "finished trials the study should hold in total (not new ones); pruned trials "
+                               "count toward it (a network no widths bring to the budget is pruned before "
+                               "training, rarely). A rerun with a larger number resumes the study",
+                         type=int, required=True)
     storage: str | None = option(None, "Optuna storage URL (default: NAME.db in the data home, "
                                        "./studies-data or $STACKNAS_HOME; PostgreSQL for many machines)")
     budget: str = option("1.0M", "parameter budget, e.g. 1.0M, 250k or 2000000")
     tolerance: float = option(DEFAULT_TOLERANCE, "relative distance to the budget allowed (0.02 = 2%%)",
                               type=float)
+    paper_forms: bool = option(False, "also sample midpoint and RK4 in the papers' printed form (000/001 eqs. "
+                                      "6-9; not an ODE step, so left out by default)", action="store_true")
     memory: str = option("inference", "memory objective: peak live-tensor bytes per image of one inference "
                                       "or of one training step", choices=MEMORY_OBJECTIVES)
     proxy_epochs: int | None = option(None, "epochs of the shortest proxy, the first rung (default: 1 on "
@@ -202,6 +207,7 @@ class StudySettings:
     heartbeat_interval: int      # seconds; grace period = 3 beats
     max_retry: int               # retries of a trial whose worker died
     uid: str                     # names this study's claims
+    paper_forms: bool = False    # the sampler also offers midpoint/RK4 in 000/001's printed form
     format: int = SETTINGS_FORMAT
     proxy_images: int | None = None  # proxies train on a seeded subset of this many training images; None: all
 
@@ -261,7 +267,7 @@ class StudySettings:
         return cls(budget=parse_budget(opts.budget), tolerance=float(opts.tolerance), memory=opts.memory,
                    proxy_epochs=int(proxy_epochs), rungs=int(opts.rungs or (2 if opts.synthetic else 3)),
                    eta=int(opts.eta), data=data, proxy_hparams=hp, heartbeat_interval=int(opts.heartbeat),
-                   max_retry=int(opts.max_retry), uid=uuid.uuid4().hex[:12],
+                   max_retry=int(opts.max_retry), uid=uuid.uuid4().hex[:12], paper_forms=bool(opts.paper_forms),
                    proxy_images=int(opts.proxy_images) if opts.proxy_images else None)
 
     def save(self, study: optuna.Study) -> None:
@@ -297,10 +303,15 @@ def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, o
     """Refuse an explicit option that contradicts a resumed study's settings; return the
     ``(setting, value)`` pairs a resume may change (rungs up, heartbeat, retries)."""
     given = set(opts.explicit)
+    if settings.format < SETTINGS_FORMAT:
+        raise ValueError(f"study {opts.study!r} was created by an earlier version whose search space asks other "
+                         f"questions (settings format {settings.format}, now {SETTINGS_FORMAT}); it cannot be "
+                         f"resumed: use another --study name (its results can still be shown and exported)")
     fixed = {"budget": ("--budget", lambda: parse_budget(opts.budget)),
              "tolerance": ("--tolerance", lambda: float(opts.tolerance)),
              "memory": ("--memory", lambda: opts.memory),
              "proxy_epochs": ("--proxy-epochs", lambda: opts.proxy_epochs),
+             "paper_forms": ("--paper-forms", lambda: bool(opts.paper_forms)),
              "eta": ("--eta", lambda: opts.eta)}
     for key, (flag, new) in fixed.items():
         old = getattr(settings, key)

@@ -44,12 +44,13 @@ def _check_device(device: str) -> str:
 
 
 def _check_reach(opts: RunOptions) -> None:
-    """Refuse a budget no network of the space can meet, with the range it can."""
+    """Refuse a budget outside the space's reach (some of its network shapes could meet
+    no width there), with the range it reaches."""
     budget, tol = parse_budget(opts.budget), float(opts.tolerance)
     lo, hi = param_range()
     if budget * (1 + tol) < lo or budget * (1 - tol) > hi:
-        raise ValueError(f"--budget {budget:,}: no network of the search space can meet it; the space's networks "
-                         f"hold {lo:,} to {hi:,} parameters")
+        raise ValueError(f"--budget {budget:,}: outside the search space's reach; every network shape it samples "
+                         f"meets budgets from {lo:,} to {hi:,} parameters")
 
 
 def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> list[str]:

@@ -157,16 +157,16 @@ def spec_for_trial(trial: optuna.Trial, ctx: WorkerContext) -> ArchSpec:
         return dataclasses.replace(presets.get(preset), image_size=ctx.image_size,
                                    num_classes=ctx.num_classes).validate(require_widths=True)
     # the data set's classes and input size: the budget is met on the real head
-    spec = dataclasses.replace(sample_spec(trial), name=f"{ctx.study_name}-trial{trial.number}",
-                               image_size=ctx.image_size, num_classes=ctx.num_classes)
+    spec = dataclasses.replace(sample_spec(trial, budget=budget, tolerance=tol, paper_forms=ctx.settings.paper_forms),
+                               name=f"{ctx.study_name}-trial{trial.number}", image_size=ctx.image_size,
+                               num_classes=ctx.num_classes)
     try:
         return solve_widths(spec, budget, tol)
     except BudgetError as e:
         near = [v for v in (e.below, e.above) if v is not None]
         gap = min(abs(v - budget) for v in near) / budget if near else 1.0
         nearest = " / ".join(f"{v:,}" for v in near) or "none"
-        reason = (f"budget: no widths (multiples of 8) within {tol:.0%} of {budget:,} params; "
-                  f"nearest achievable {nearest}")
+        reason = f"budget: no widths within {tol:.0%} of {budget:,} params; nearest achievable {nearest}"
         raise Infeasible(reason, max(gap - tol, 1e-6)) from None
     except SpecError as e:
         raise Infeasible(f"invalid spec: {e}", 1.0) from None
