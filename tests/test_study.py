@@ -75,7 +75,7 @@ def test_sampled_specs_meet_the_budget_or_are_pruned_with_a_reason(small_study):
         if t.state.name == "COMPLETE":
             assert abs(a["params"] - 60_000) <= 0.1 * 60_000, (t.number, a["params"])
             spec = ArchSpec.from_json(a["spec"])
-            assert all(w % 8 == 0 for w in spec.widths)
+            assert all(8 <= w <= 512 for w in spec.widths)
             for key in ("architecture", "macs", "inference_bytes_per_image", "training_bytes_per_image",
                         "proxy_seconds", "device", "val_accuracy@1", "scheme"):
                 assert a.get(key) is not None, key
