@@ -94,7 +94,7 @@ def _sampled(budget: int, tolerance: float, n: int, seed: int = 0) -> tuple[list
     while len(macs) < n:
         trial = study.ask()
         try:
-            macs.append(_macs(solve_widths(sample_spec(trial), budget, tolerance)))
+            macs.append(_macs(solve_widths(sample_spec(trial, budget=budget, tolerance=tolerance), budget, tolerance)))
         except (BudgetError, SpecError):
             pruned += 1
         study.tell(trial, 0.0)
