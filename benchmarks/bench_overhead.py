@@ -4,13 +4,15 @@
 For ``--n`` sampled specs (seeded) at ``--budget`` / ``--tolerance`` it times,
 in one process and on the same specs:
 
-* **sample**: ``search_space.sample_spec`` on a trial of an Optuna study in a
-  temporary SQLite file (a seeded ``RandomSampler``; each suggestion is a
-  storage write, as in a study), or on a seeded stand-in with ``--no-storage``;
+* **sample**: ``search_space.sample_spec`` given the budget, as a study calls it,
+  on a trial of an Optuna study in a temporary SQLite file (a seeded
+  ``RandomSampler``; each suggestion is a storage write, as in a study), or on a
+  seeded stand-in with ``--no-storage``;
 * **solve**: today's solver (``search_space/budget.py`` as it is at
   ``--old-commit``, loaded from git into a throwaway module, so no old code
-  stays in the package) next to the current one, whose caches are emptied
-  before each spec ("cold": every part of the spec probed afresh); then the
+  stays in the package; a relative import in it takes the current package's
+  module) next to the current one, both with their caches emptied before each
+  spec ("cold": every part of the spec probed afresh); then the
   current one again over all specs with its caches kept from spec to spec, as
   a worker keeps them ("worker"); and whether the two solvers chose the same
   widths;
@@ -28,7 +30,7 @@ provenance (git commit and whether the tree had changes, versions, CPU,
 arguments).
 
     python benchmarks/bench_overhead.py --budget 1.0M --tolerance 0.02
-    python benchmarks/bench_overhead.py --budget 100k --tolerance 0.1
+    python benchmarks/bench_overhead.py --budget 1.0M --old-commit 6f52b9f   # against the solver before issue 21
 """
 from __future__ import annotations
 
@@ -69,10 +71,12 @@ def _git(*args: str) -> str:
 
 
 def _load_old(commit: str, path: str) -> types.ModuleType:
-    """``path`` as it is at ``commit``, as a module of its own (it uses absolute imports only)."""
+    """``path`` as it is at ``commit``, as a module of its own; a relative import in it
+    (a later solver's ``from .param_count import ...``) takes today's module of its package."""
     name = f"_bench_old_{Path(path).stem}"
     mod = types.ModuleType(name)
     mod.__file__ = f"<{commit}:{path}>"
+    mod.__package__ = str(Path(path).parent).replace("/", ".")
     sys.modules[name] = mod  # dataclasses look their module up
     exec(compile(_git("show", f"{commit}:{path}"), mod.__file__, "exec"), mod.__dict__)  # noqa: S102 - our own history
     return mod
@@ -94,9 +98,11 @@ def _widths(result):
     return None if isinstance(result, Exception) else list(result.widths)
 
 
-def _clear_solver_caches() -> None:
-    for cached in (param_count._part, param_count._head, param_count._polynomial, budget_now._candidates):
-        cached.cache_clear()
+def _clear_solver_caches(old_budget=None) -> None:
+    for cached in (param_count._part, param_count._head, param_count._polynomial, budget_now._candidates,
+                   getattr(old_budget, "_candidates", None)):
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def _study(seed: int):
@@ -140,15 +146,17 @@ def run(args) -> list[dict]:
             t = time.perf_counter()
             trial = study.ask()
             ask_s = time.perf_counter() - t
-            spec, row["sample_s"] = _timed(sample_spec, trial)
+            spec, row["sample_s"] = _timed(lambda t: sample_spec(t, budget=budget, tolerance=args.tolerance), trial)
         else:
-            spec, row["sample_s"] = _timed(sample_spec, RandomTrial(args.seed + i))
+            spec, row["sample_s"] = _timed(lambda t: sample_spec(t, budget=budget, tolerance=args.tolerance),
+                                           RandomTrial(args.seed + i))
         specs.append(spec)
         row["architecture"] = models.describe(spec)
         _clear_solver_caches()
         solved, row["solve_s"] = _timed(budget_now.solve_widths, spec, budget, args.tolerance)
         row["widths"] = _widths(solved)
         if old_budget is not None:
+            _clear_solver_caches(old_budget)  # a solver on today's probe counter starts cold too
             old, row["solve_old_s"] = _timed(old_budget.solve_widths, spec, budget, args.tolerance)
             row["widths_old"] = _widths(old)
             row["same_widths"] = row["widths_old"] == row["widths"]

@@ -103,7 +103,7 @@ def _resnet_sizes(stage: StageSpec) -> tuple[str, str, dict]:
     """The two size questions of a scheme stage and what each answer leads to:
     ``{depth: {blocks: sub-nets}}``."""
     if stage.scheme == "lm":
-        return "depth", "blocks", {0: {b: float(b) for b in range(2, MAX_LEAVES_PER_STAGE + 1)}}
+        return "depth", "blocks", {0: {b: subnet_weights(1, b) for b in range(2, MAX_LEAVES_PER_STAGE + 1)}}
     s = TABLEAUX[stage.scheme].stages
     depths = [0]
     if stage.form == "butcher" and 1 < s and s * s <= SAMPLED_LEAVES_PER_BLOCK:

@@ -8,10 +8,10 @@ values for which some choice of the sizes still to come can meet the budget
 (:meth:`Room.allowed`). What can meet it is judged on a size model of the
 network, not on its exact count (the solver's): a stage of ``n`` sub-nets at
 ``c`` channels holds ``n * (18 c^2 + 4 c)`` parameters (two 3x3 convolutions and
-two BatchNorms per sub-net); an RKCNN period counts each unit with ``m``-channel
-inputs as ``(m + 9) / 18`` sub-nets (a 1x1 convolution from ``m k`` channels and a
-3x3 one at ``k``), and its transition as ``1/18`` (``2/18`` with attention); the stem
-adds ``27 c`` and the head about ``12 c`` per stage it reads. Widths follow the
+two BatchNorms per sub-net); an RKCNN unit reading ``m k`` channels holds
+``(m + 9) k^2 + (2 m + 2) k`` (a 1x1 convolution from ``m k`` channels, a 3x3 one at
+``k``, their BatchNorms), a transition ``k^2 + 2 k`` (attention adds about ``k^2``);
+the stem adds ``27 c`` and the head about ``12 c`` per stage it reads. Widths follow the
 solver's pattern (x2 per downsampling; constant for RKCNN) scaled to the budget
 and clipped to ``[MIN_WIDTH, MAX_WIDTH]``. A network is offered when
 
@@ -27,6 +27,11 @@ and clipped to ``[MIN_WIDTH, MAX_WIDTH]``. A network is offered when
   stage of ``n`` sub-nets at ``c`` channels moves the count by about ``36 n c`` per
   channel, ``2/c`` of a one-stage network.
 
+Where no value fits, the least coarse one that the widths can still bring to the
+budget is offered (the solver may find the channels all the same). The sampler also
+asks the number of stages after the first stage's scheme, offering one stage only
+where that scheme can fit alone.
+
 A spec's validity at a budget thus depends on the budget and on the choices
 made before each size; :func:`search_space.sampling.why_not_in_space` replays
 the same questions, so it knows the rule.
@@ -39,47 +44,57 @@ import numpy as np
 
 from .budget import MAX_WIDTH, MIN_WIDTH
 
-STEM_WEIGHTS = 27      # parameters per stem channel: conv3x3 from 3 input channels
-HEAD_WEIGHTS = 12      # parameters per channel a head reads: BatchNorm (2) and an FC to 10 classes
+_STEM = 27             # parameters per stem channel: conv3x3 from 3 input channels
+_HEAD = 12             # parameters per channel a head reads: BatchNorm (2) and an FC to 10 classes
 _MOVES = 3             # channels either way the solver moves a stage among its fine candidates
 _BISECTION = 20        # halvings of the scale interval (at most 512 channels): a thousandth of a channel
 
 
-def subnet_weights(scheme_leaves: int, blocks: int) -> float:
-    """Sub-nets of a scheme stage: ``blocks`` blocks of ``scheme_leaves`` leaves each."""
-    return float(scheme_leaves * blocks)
+def subnet_weights(scheme_leaves: int, blocks: int) -> tuple[float, float]:
+    """``(sub-nets, parameters per channel)`` of a scheme stage of ``blocks`` blocks of
+    ``scheme_leaves`` leaves: each sub-net holds ``18 c^2`` conv weights and ``4 c`` of
+    BatchNorm."""
+    n = float(scheme_leaves * blocks)
+    return n, 4 * n
 
 
-def rkcnn_weights(s: int, r: int, variant: str, transition: str, first: bool) -> float:
-    """An RKCNN period of ``s`` stages and ``r`` steps, with the transition before it,
-    in sub-net equivalents (``k^2`` terms over a sub-net's ``18 k^2``): phase I unit ``i``
-    reads ``i k`` channels, phase II units (-I, -R) read ``s k`` (004 Algorithm 1)."""
-    phase1 = sum(i + 9 for i in range(1, s + 1))
-    phase2 = 0 if variant == "rkcnn-e" else s * (s + 9)
-    trans = 0 if first else (2 if transition == "conv-attention" else 1)
-    return (r * (phase1 + phase2) + trans) / 18
+def rkcnn_weights(s: int, r: int, variant: str, transition: str, first: bool) -> tuple[float, float]:
+    """An RKCNN period of ``s`` stages and ``r`` steps, with the transition before it, as
+    ``(sub-net equivalents, parameters per channel)``: its ``k^2`` terms over a sub-net's
+    ``18 k^2``, and its terms linear in ``k``. A unit reading ``m k`` channels holds
+    ``(m + 9) k^2`` conv weights and ``(2 m + 2) k`` of BatchNorm; phase I unit ``i``
+    reads ``i k``, phase II units (-I, -R) read ``s k`` (004 Algorithm 1); the transition
+    holds ``k^2`` (``2 k^2`` and ``1.5 k`` more with attention) and ``2 k``."""
+    reads = list(range(1, s + 1)) + ([] if variant == "rkcnn-e" else [s] * s)
+    quad = r * sum(m + 9 for m in reads)
+    lin = r * sum(2 * m + 2 for m in reads)
+    if not first:
+        attention = transition == "conv-attention"
+        quad, lin = quad + (2 if attention else 1), lin + (3.5 if attention else 2)
+    return quad / 18, lin
 
 
 @dataclass(frozen=True)
 class Room:
-    """The size model at one budget. ``stem_absorbs``: the network opens with a scheme
-    stage, whose stem width the solver may free."""
+    """The size model at one budget and tolerance. Its methods take ``stem_absorbs``:
+    whether the network opens with a scheme stage, whose stem width the solver may free."""
 
     budget: int
     tolerance: float
 
     def _counts(self, weights: np.ndarray, ratios: np.ndarray, scale: np.ndarray) -> tuple:
         c = np.clip(scale[:, None] * ratios[None, :], MIN_WIDTH, MAX_WIDTH)
-        total = (weights * (18 * c * c + 4 * c)).sum(1) + STEM_WEIGHTS * c[:, 0] + HEAD_WEIGHTS * c.sum(1)
+        quad, lin = weights[..., 0], weights[..., 1]
+        total = (18 * quad * c * c + lin * c).sum(1) + _STEM * c[:, 0] + _HEAD * c.sum(1)
         return total, c
 
     def feasible(self, weights, ratios, stem_absorbs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For each row of ``weights`` (sub-nets per stage): ``(reach, fits, coarse)``,
-        whether some widths hold the budget between the narrowest and the widest
-        network, whether moreover the channel steps are fine enough to meet it (see the
-        module docstring), and how coarse they are (the largest channel step over what
-        can absorb it; infinite out of reach)."""
-        w = np.atleast_2d(np.asarray(weights, dtype=float))
+        """For each row of ``weights`` (per stage, ``(sub-nets, parameters per channel)``):
+        ``(reach, fits, coarse)``, whether some widths hold the budget between the
+        narrowest and the widest network, whether moreover the channel steps are fine
+        enough to meet it (see the module docstring), and how coarse they are (the
+        largest channel step over what can absorb it; infinite out of reach)."""
+        w = np.asarray(weights, dtype=float).reshape(len(weights), -1, 2)
         r = np.asarray(ratios, dtype=float)
         b, tol = float(self.budget), self.tolerance
         lo = np.full(len(w), MIN_WIDTH / r.max())
@@ -92,7 +107,7 @@ class Room:
             above = self._counts(w, r, mid)[0] > b
             hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
         _, c = self._counts(w, r, lo)
-        step = w * (36 * c + 22)                         # parameters per channel of each stage
+        step = 36 * w[..., 0] * c + 18 * w[..., 0] + w[..., 1]    # parameters per channel of each stage
         window = 2 * tol * b
         fine = step <= window
         at_bound = (c <= MIN_WIDTH) | (c >= MAX_WIDTH)
@@ -106,8 +121,9 @@ class Room:
                 ratios, stem_absorbs: bool) -> list:
         """The values of one size question that leave room for the budget, a run of
         consecutive ones: ``options`` maps each value to the stage weights it can lead
-        to (the stage's sizes still open), ``decided`` holds the weights of the stages
-        before, ``later`` the ``(fewest, most)`` weights of the stages after. A value is
+        to (the stage's sizes still open; weights as :func:`subnet_weights` gives them),
+        ``decided`` holds the weights of the stages before, ``later`` the ``(fewest,
+        most)`` weights of the stages after. A value is
         allowed when one of its weights fits with the later stages all at their fewest
         or all at their most. Where the allowed values are not consecutive, the longest
         run is offered (the first of equals); where none fits, the value whose channel

@@ -174,3 +174,18 @@ def test_a_warm_solve_builds_nothing(monkeypatch):
     for budget in (1_000_000, 1_500_000):
         solve_widths(spec, budget)
     assert builds == []
+
+
+def test_a_study_of_the_earlier_sampler_is_refused_on_resume():
+    """Its questions differ (RKCNN s and r were categorical, the paper form was always asked):
+    resuming it would fail inside Optuna mid-run, so ``run`` refuses it in one line."""
+    from studies.config import SETTINGS_FORMAT, RunOptions, StudySettings, check_resume
+    opts = RunOptions.from_user(study="old", trials=4, synthetic=True)
+    settings = StudySettings.from_options(opts, "cpu")
+    assert settings.format == SETTINGS_FORMAT == 2 and check_resume(settings, opts) == []
+    settings.format = 1
+    with pytest.raises(ValueError, match="created by an earlier version .* use another --study name"):
+        check_resume(settings, opts)
+    settings.format, opts = 2, RunOptions.from_user(study="old", trials=4, synthetic=True, paper_forms=True)
+    with pytest.raises(ValueError, match="created with --paper-forms False; it cannot change"):
+        check_resume(settings, opts)
