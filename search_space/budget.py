@@ -15,9 +15,10 @@ tolerance:
    then of 2: a narrow stage moves the count by ``2/c`` of itself per channel,
    far less than per 8 channels;
 3. for a network whose first stage opens with a scheme block (not an RKCNN
-   period), a stem narrower than the first stage absorbing the remainder: the
-   first block then widens from the stem, as a downsampling block widens, and
-   each stem channel moves the count by about ``9c``.
+   period), a stem width from :data:`MIN_WIDTH` to twice the first stage's,
+   absorbing the remainder: the first block then widens (zero-padded shortcut)
+   or narrows (projection shortcut) from the stem, as a stage-changing block
+   does, and each stem channel moves the count by about ``9c`` (``10c`` wider).
 
 Which networks the sampler offers at a budget (so that at most a few in a
 thousand reach none of the three) is :mod:`search_space.sampling`'s side.
@@ -175,7 +176,7 @@ def solve_widths(spec: ArchSpec, budget: int, tolerance: float = DEFAULT_TOLERAN
     ``tolerance`` of ``budget``.
 
     Multiples of 8 are tried first; then any width from :data:`MIN_WIDTH`; then a
-    narrower stem (see the module docstring). Among the widths that meet the
+    free stem (see the module docstring). Among the widths that meet the
     budget at the first place that has any, the one closest (in log-width) to the
     nominal pattern (x2 per downsampling; constant for RKCNN) wins, widths nearer
     to multiples of 8 first, ties going to the count closest to the budget. Raises
