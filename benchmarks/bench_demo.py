@@ -52,7 +52,7 @@ def _measured(argv: list[str], home: Path) -> dict:
     rc, seconds, maxrss_kib = out.stdout.strip().splitlines()[-1].split()
     if int(rc):
         raise SystemExit(f"error: search.py {' '.join(argv)} exited {rc}:\n{out.stderr[-2000:]}")
-    summary = [line.strip() for line in out.stdout.splitlines() if re.match(r"\s*\d+ trials?:", line)]
+    summary = [line.strip() for line in out.stdout.splitlines() if re.search(r"\b\d+ trials?: ", line)]
     return {"argv": ["python", "search.py", *argv], "seconds": round(float(seconds), 2),
             "peak_resident_mib": round(int(maxrss_kib) / 1024, 1), "summary": summary[-1] if summary else None}
 
