@@ -284,7 +284,8 @@ def scheme_name(scheme: str) -> str:
 
 def describe_stage(stage: StageSpec) -> str:
     """A stage in the papers' naming: ``RK4 x7 / 64ch``, ``Nest-Midpoint x4 once``,
-    ``RK8 x2 Adaptive``, ``RKCNN-I s2 r1 / k120``."""
+    ``RK8 x2 Adaptive``, ``RK8 x1 Adaptive from 2`` (a learnable step not started at 1),
+    ``RKCNN-I s2 r1 / k120``."""
     width = f" / {stage.width}ch" if stage.width else ""
     if stage.is_rkcnn:
         k = f" / k{stage.width}" if stage.width else ""
@@ -298,7 +299,7 @@ def describe_stage(stage: StageSpec) -> str:
     if stage.depth:
         text += " " + {1: "once", 2: "twice"}.get(stage.depth, f"{stage.depth} times")
     if stage.step.mode == "learnable":
-        text += " Adaptive"
+        text += " Adaptive" + (f" from {stage.step.value:g}" if stage.step.value != 1.0 else "")
     elif stage.step.value != 1.0:
         text += f" F={stage.step.value:g}"
     if stage.stochastic_depth:

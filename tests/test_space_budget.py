@@ -127,6 +127,13 @@ def test_a_learnable_step_starts_at_one_of_the_fixed_values():
     assert why_not_in_space(spec, budget=1_000_000) is None
     steps = [m for m in models.build(spec.with_widths([8])).modules() if isinstance(m, LearnableStep)]
     assert steps and all(float(p.detach()) == 2.0 for m in steps for p in m.parameters())
+    # a sampled LM stage's start reaches every block's own h, the opening Euler block included
+    lm = next(sp for seed in range(600) for sp in [sample_spec(RandomTrial(seed), budget=100_000)]
+              if len(sp.stages) == 1 and sp.stages[0].scheme == "lm" and sp.stages[0].step.mode == "learnable"
+              and sp.stages[0].step.value != 1.0)
+    hs = [float(m.h.detach()) for m in models.build(lm.with_widths([8])).modules() if isinstance(m, LearnableStep)]
+    assert hs == [lm.stages[0].step.value] * lm.stages[0].blocks
+    assert models.describe(spec) == "RK8 x1 Adaptive from 2"      # the label tells the starts apart
 
 
 def test_the_solver_goes_finer_only_where_multiples_of_8_cannot_meet_the_budget():
@@ -189,3 +196,40 @@ def test_a_study_of_the_earlier_sampler_is_refused_on_resume():
     settings.format, opts = 2, RunOptions.from_user(study="old", trials=4, synthetic=True, paper_forms=True)
     with pytest.raises(ValueError, match="created with --paper-forms False; it cannot change"):
         check_resume(settings, opts)
+
+
+def test_run_help_says_pruned_trials_count_and_the_summary_counts_them_apart(capsys):
+    """``--trials`` counts pruned trials: the help says so, and the summary ``run`` and
+    ``show`` print names trained networks and pruned trials apart."""
+    import search
+    from studies.results import counts_text
+    try:
+        rc = search.main(["run", "--help"])
+    except SystemExit as e:      # argparse's own exit, where main lets it through
+        rc = e.code
+    assert rc in (0, None)
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "pruned trials count toward it" in help_text
+    assert "--paper-forms" in help_text and "not an ODE step" in help_text
+    text = counts_text({"trials": {"total": 12, "COMPLETE": 10, "PRUNED": 2}, "networks": 10, "duplicates": [],
+                        "fidelities": {1: 7, 3: 3}})
+    assert text == "12 trials: 10 networks scored (7 at 1 epoch, 3 at 3 epochs), 2 pruned"
+
+
+@pytest.mark.parametrize("paper_forms", [False, True])
+def test_a_study_samples_within_its_budget_and_its_paper_forms_setting(paper_forms):
+    """The objective hands the sampler the study's budget, tolerance and ``paper_forms``:
+    at 100k (74% of uniform samples pruned before) every trial's network meets it within 2%,
+    and the paper form appears only when the study was created with ``--paper-forms``."""
+    import optuna
+    from studies.config import RunOptions, StudySettings
+    from studies.objective import WorkerContext, spec_for_trial
+    opts = RunOptions.from_user(study="space", trials=40, budget="100k", synthetic=True, paper_forms=paper_forms)
+    ctx = WorkerContext("space", StudySettings.from_options(opts, "cpu"), device="cpu")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    forms = collections.Counter()
+    for _ in range(40):
+        spec = spec_for_trial(study.ask(), ctx)
+        assert abs(count_params(spec) - 100_000) <= 2_000, models.describe(spec)
+        forms.update(s.form for s in spec.stages if s.scheme in ("midpoint", "rk4"))
+    assert forms["butcher"] > 0 and (forms["paper"] > 0) == paper_forms, forms
