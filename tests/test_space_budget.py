@@ -21,7 +21,8 @@ def test_at_most_one_percent_of_sampled_networks_miss_the_budget(budget):
     """A property of the space at a budget, over a few hundred seeded samples at the
     default 2%: the sampler offers only sizes the budget leaves room for, and the solver
     finds widths for all but at most 1% of them. Every tenth solved network is built
-    and counted, so the solver's count is the network's."""
+    and counted, so the solver's count is the network's, and replayed: it is a point of
+    the space at that budget."""
     pruned, counted = [], 0
     for seed in range(SAMPLES):
         spec = sample_spec(RandomTrial(seed), budget=budget)
@@ -32,6 +33,8 @@ def test_at_most_one_percent_of_sampled_networks_miss_the_budget(budget):
             continue
         if seed % 10 == 0:
             assert abs(count_params(solved) - budget) <= 0.02 * budget, (seed, solved.widths, solved.stem_width)
+            # what the space at a budget samples stays in it, widths and stem solved
+            assert why_not_in_space(solved, budget=budget) is None, (seed, models.describe(solved))
             counted += 1
     assert len(pruned) <= SAMPLES // 100, pruned
     assert counted >= SAMPLES // 10 - 3
