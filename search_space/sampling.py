@@ -132,7 +132,7 @@ def _ask(trial: TrialLike, name: str, allowed: list[int], offered: list[int]) ->
 
 
 def _ask_sizes(trial: TrialLike, stages: list[StageSpec], questions: list, room: Room | None,
-               ratios: list[float], stem_absorbs: bool) -> list[StageSpec]:
+               ratios: list[float], resnet: bool) -> list[StageSpec]:
     """Each stage's two size questions, stage by stage, each offering the values that
     leave room for the budget (:meth:`search_space.sizes.Room.allowed`)."""
     later = [(min(min(v.values()) for v in opts.values()), max(max(v.values()) for v in opts.values()))
@@ -142,7 +142,7 @@ def _ask_sizes(trial: TrialLike, stages: list[StageSpec], questions: list, room:
         p, rest = f"s{i}.", later[i + 1:]
 
         def allowed(options):
-            return room.allowed(decided, options, rest, ratios, stem_absorbs) if room else []
+            return room.allowed(decided, options, rest, ratios, resnet) if room else []
         a = _ask(trial, p + first, allowed({k: list(v.values()) for k, v in opts.items()}), list(opts))
         b = _ask(trial, p + second, allowed({k: [w] for k, w in opts[a].items()}), list(opts[a]))
         decided.append(opts[a][b])
@@ -151,7 +151,7 @@ def _ask_sizes(trial: TrialLike, stages: list[StageSpec], questions: list, room:
 
 
 def sample_spec(trial: TrialLike, *, seed: int = 0, budget: int | None = None,
-                tolerance: float = DEFAULT_TOLERANCE, paper_forms: bool = False) -> ArchSpec:
+                tolerance: float = DEFAULT_TOLERANCE, paper_forms: bool = False, num_classes: int = 10) -> ArchSpec:
     """One architecture without widths. Families: ``resnet`` (1-3 stages of
     scheme blocks; 1 stage at full resolution is HO-ResNet, 000/001) and
     ``rkcnn`` (2-3 periods, 004).
@@ -160,10 +160,11 @@ def sample_spec(trial: TrialLike, *, seed: int = 0, budget: int | None = None,
     the sizes (nesting depth and blocks, RKCNN ``s`` and ``r``) are asked last and
     offer only the values that leave room for the budget
     (:mod:`search_space.sizes`): their ranges depend on the budget and on the
-    choices already made (define-by-run). ``paper_forms`` adds the paper form of
+    choices already made (define-by-run), the head being one of ``num_classes``
+    classes, as the spec's. ``paper_forms`` adds the paper form of
     midpoint and RK4 (000/001 eqs. 6-9), left out by default.
     """
-    room = Room(budget, tolerance) if budget else None
+    room = Room(budget, tolerance, num_classes) if budget else None
     family = trial.suggest_categorical("family", ["resnet", "rkcnn"])
     if family == "resnet":
         first = _resnet_skeleton(trial, 0, paper_forms)
@@ -181,7 +182,7 @@ def sample_spec(trial: TrialLike, *, seed: int = 0, budget: int | None = None,
         if any(s.stochastic_depth for s in stages):
             p_last = trial.suggest_categorical("survival_last", list(SURVIVAL_LAST))
         return ArchSpec(stages=tuple(stages), name="sampled", transition="resblock", head="gap-fc",
-                        survival_last=p_last, seed=seed)
+                        survival_last=p_last, seed=seed, num_classes=num_classes)
     n = trial.suggest_int("periods", min(RKCNN_PERIODS), max(RKCNN_PERIODS))
     variants = [trial.suggest_categorical(f"s{i}.variant", list(RKCNN_SCHEMES)) for i in range(n)]
     attention = trial.suggest_categorical("attention", [True, False])
@@ -189,7 +190,8 @@ def sample_spec(trial: TrialLike, *, seed: int = 0, budget: int | None = None,
     skeleton = [StageSpec(scheme=v, downsample=i > 0) for i, v in enumerate(variants)]
     stages = _ask_sizes(trial, skeleton, [_rkcnn_sizes(s, transition, i == 0) for i, s in enumerate(skeleton)],
                         room, [1.0] * n, False)
-    return ArchSpec(stages=tuple(stages), name="sampled", transition=transition, head="multiscale", seed=seed)
+    return ArchSpec(stages=tuple(stages), name="sampled", transition=transition, head="multiscale", seed=seed,
+                    num_classes=num_classes)
 
 
 # ---------------------------------------------------------------------------
@@ -276,9 +278,9 @@ def why_not_in_space(spec: ArchSpec, *, budget: int | None = None, tolerance: fl
     seed and the data set's shape aside), else the first reason it is not.
 
     The spec is replayed through :func:`sample_spec` with the same ``budget``,
-    ``tolerance`` and ``paper_forms``: every question is answered from the spec and
-    must be among the choices (or within the range) the sampler offers, and the
-    replayed spec must equal the given one. With a budget, the sizes must also be
+    ``tolerance`` and ``paper_forms`` and the spec's ``num_classes``: every question is
+    answered from the spec and must be among the choices (or within the range) the
+    sampler offers, and the replayed spec must equal the given one. With a budget, the sizes must also be
     among those the budget leaves room for (:mod:`search_space.sizes`).
     """
     try:
@@ -288,7 +290,7 @@ def why_not_in_space(spec: ArchSpec, *, budget: int | None = None, tolerance: fl
     where = f" at a budget of {budget:,} params (within {tolerance:.0%})" if budget else ""
     try:
         replayed = sample_spec(_ReplayTrial(spec, where), seed=spec.seed, budget=budget, tolerance=tolerance,
-                               paper_forms=paper_forms)
+                               paper_forms=paper_forms, num_classes=spec.num_classes)
     except _Outside as e:
         return str(e)
     diff = _first_difference(_chosen(spec), _chosen(replayed))

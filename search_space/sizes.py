@@ -11,7 +11,8 @@ network, not on its exact count (the solver's): a stage of ``n`` sub-nets at
 two BatchNorms per sub-net); an RKCNN unit reading ``m k`` channels holds
 ``(m + 9) k^2 + (2 m + 2) k`` (a 1x1 convolution from ``m k`` channels, a 3x3 one at
 ``k``, their BatchNorms), a transition ``k^2 + 2 k`` (attention adds about ``k^2``);
-the stem adds ``27 c`` and the head about ``12 c`` per stage it reads. Widths follow the
+the stem adds ``27 c`` and the head ``(2 + classes) c`` per stage it reads (the last
+stage of a ResNet-style network, every RKCNN period), plus its bias. Widths follow the
 solver's pattern (x2 per downsampling; constant for RKCNN) scaled to the budget
 and clipped to ``[MIN_WIDTH, MAX_WIDTH]``. A network is offered when
 
@@ -45,7 +46,7 @@ import numpy as np
 from .budget import MAX_WIDTH, MIN_WIDTH
 
 _STEM = 27             # parameters per stem channel: conv3x3 from 3 input channels
-_HEAD = 12             # parameters per channel a head reads: BatchNorm (2) and an FC to 10 classes
+_HEAD_NORM = 2         # parameters per channel a head reads besides its FC row of one weight per class: BatchNorm
 _MOVES = 3             # channels either way the solver moves a stage among its fine candidates
 _BISECTION = 20        # halvings of the scale interval (at most 512 channels): a thousandth of a channel
 
@@ -76,19 +77,29 @@ def rkcnn_weights(s: int, r: int, variant: str, transition: str, first: bool) ->
 
 @dataclass(frozen=True)
 class Room:
-    """The size model at one budget and tolerance. Its methods take ``stem_absorbs``:
-    whether the network opens with a scheme stage, whose stem width the solver may free."""
+    """The size model at one budget and tolerance, for a data set of ``num_classes``
+    classes. Its methods take ``resnet``: whether the network is ResNet-style (it opens
+    with a scheme stage, whose stem width the solver may free, and its head reads the
+    last stage) or an RKCNN (its multiscale head reads every period)."""
 
     budget: int
     tolerance: float
+    num_classes: int = 10
 
-    def _counts(self, weights: np.ndarray, ratios: np.ndarray, scale: np.ndarray) -> tuple:
+    def _head_reads(self, n_stages: int, resnet: bool) -> np.ndarray:
+        """Per stage, the head's parameters per channel of it (BatchNorm and the FC's row)."""
+        reads = np.zeros(n_stages) if resnet else np.ones(n_stages)
+        reads[-1] = 1
+        return reads * (_HEAD_NORM + self.num_classes)
+
+    def _counts(self, weights: np.ndarray, ratios: np.ndarray, scale: np.ndarray, resnet: bool) -> tuple:
         c = np.clip(scale[:, None] * ratios[None, :], MIN_WIDTH, MAX_WIDTH)
         quad, lin = weights[..., 0], weights[..., 1]
-        total = (18 * quad * c * c + lin * c).sum(1) + _STEM * c[:, 0] + _HEAD * c.sum(1)
+        head = c @ self._head_reads(c.shape[1], resnet) + self.num_classes
+        total = (18 * quad * c * c + lin * c).sum(1) + _STEM * c[:, 0] + head
         return total, c
 
-    def feasible(self, weights, ratios, stem_absorbs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def feasible(self, weights, ratios, resnet: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each row of ``weights`` (per stage, ``(sub-nets, parameters per channel)``):
         ``(reach, fits, coarse)``, whether some widths hold the budget between the
         narrowest and the widest network, whether moreover the channel steps are fine
@@ -99,26 +110,27 @@ class Room:
         b, tol = float(self.budget), self.tolerance
         lo = np.full(len(w), MIN_WIDTH / r.max())
         hi = np.full(len(w), MAX_WIDTH / r.min())
-        floor, _ = self._counts(w, r, lo)
-        ceiling, _ = self._counts(w, r, hi)
+        floor, _ = self._counts(w, r, lo, resnet)
+        ceiling, _ = self._counts(w, r, hi, resnet)
         reach = (floor <= b * (1 + tol)) & (ceiling >= b * (1 - tol))
         for _ in range(_BISECTION):  # the scale that meets the budget (counts grow with it)
             mid = (lo + hi) / 2
-            above = self._counts(w, r, mid)[0] > b
+            above = self._counts(w, r, mid, resnet)[0] > b
             hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
-        _, c = self._counts(w, r, lo)
-        step = 36 * w[..., 0] * c + 18 * w[..., 0] + w[..., 1]    # parameters per channel of each stage
+        _, c = self._counts(w, r, lo, resnet)
+        # parameters per channel of each stage, the head's share included
+        step = 36 * w[..., 0] * c + 18 * w[..., 0] + w[..., 1] + self._head_reads(w.shape[1], resnet)
         window = 2 * tol * b
         fine = step <= window
         at_bound = (c <= MIN_WIDTH) | (c >= MAX_WIDTH)
         moves = np.where(fine, np.where(at_bound, _MOVES, 2 * _MOVES) * step, 0.0)
-        stem = (9 * c[:, 0] + 31) * (2 * c[:, 0] - MIN_WIDTH) if stem_absorbs else np.zeros(len(w))
+        stem = (9 * c[:, 0] + 31) * (2 * c[:, 0] - MIN_WIDTH) if resnet else np.zeros(len(w))
         absorbed = window + stem[:, None] + moves.sum(1, keepdims=True) - moves
         coarse = (step / absorbed).max(1)   # above 1: some count between two channel steps is out of reach
         return reach, reach & (coarse <= 1), np.where(reach, coarse, np.inf)
 
     def allowed(self, decided: list[float], options: dict, later: list[tuple[float, float]],
-                ratios, stem_absorbs: bool) -> list:
+                ratios, resnet: bool) -> list:
         """The values of one size question that leave room for the budget, a run of
         consecutive ones: ``options`` maps each value to the stage weights it can lead
         to (the stage's sizes still open; weights as :func:`subnet_weights` gives them),
@@ -137,7 +149,7 @@ class Room:
                 for end in ends:
                     rows.append([*decided, weight, *end])
                     keys.append(value)
-        _, fits, coarse = self.feasible(rows, ratios, stem_absorbs)
+        _, fits, coarse = self.feasible(rows, ratios, resnet)
         good = sorted({k for k, g in zip(keys, fits) if g})
         if good:
             return _longest_run(good, sorted(options))

@@ -157,9 +157,9 @@ def spec_for_trial(trial: optuna.Trial, ctx: WorkerContext) -> ArchSpec:
         return dataclasses.replace(presets.get(preset), image_size=ctx.image_size,
                                    num_classes=ctx.num_classes).validate(require_widths=True)
     # the data set's classes and input size: the budget is met on the real head
-    spec = dataclasses.replace(sample_spec(trial, budget=budget, tolerance=tol, paper_forms=ctx.settings.paper_forms),
-                               name=f"{ctx.study_name}-trial{trial.number}", image_size=ctx.image_size,
-                               num_classes=ctx.num_classes)
+    spec = dataclasses.replace(sample_spec(trial, budget=budget, tolerance=tol, paper_forms=ctx.settings.paper_forms,
+                                           num_classes=ctx.num_classes),
+                               name=f"{ctx.study_name}-trial{trial.number}", image_size=ctx.image_size)
     try:
         return solve_widths(spec, budget, tol)
     except BudgetError as e:
