@@ -1,4 +1,4 @@
-"""Where a study lives: the data home, storage URLs, the storage opened once, and claims.
+"""Where a study lives: the data home, storage URLs and the storage, opened once.
 
 * :func:`data_home` - the folder of default study databases, retrain runs,
   results and dashboards: ``$STACKNAS_HOME``, else ``./studies-data`` in the
@@ -7,15 +7,12 @@
   researcher runs it from (like ``./mlruns``); ``STACKNAS_HOME`` pins one
   place for every command and worker.
 * :func:`resolve_url` - ``--storage`` or the default ``sqlite:///<home>/NAME.db``.
-* :func:`open_store` - a :class:`Store`: the checked URL, Optuna's
-  :class:`~optuna.storages.RDBStorage` (with heartbeats for workers) and the
-  claims table, opened once by a command and passed down. A malformed URL, a
-  missing driver or an unreachable server is a one-line :class:`StorageError`.
-* :class:`Claims` - table ``stacknas_claims`` in the same database: inserting a
-  row is an atomic claim in SQLite and PostgreSQL alike (primary key), so a
-  promotion, a retrain or the top-up of a study's trial tickets is done by
-  exactly one worker even when many share the study. A claim carries a
-  heartbeat; one whose holder stopped beating is taken over.
+* :func:`open_store` - a :class:`Store`: the checked URL, Optuna's RDB storage
+  (:class:`studies.rdb.BulkRDBStorage`: read in bulk, written in batches; with
+  heartbeats for workers), the study's claims (:mod:`studies.claims`, in the same
+  database) and the study itself, loaded once per process so that its trials are
+  read in full once and then incrementally. A malformed URL, a missing driver or
+  an unreachable server is a one-line :class:`StorageError`.
 
 Only relational (SQLAlchemy) URLs are accepted: heartbeats, which find a
 killed worker's trial, exist for Optuna's RDB storage only.
@@ -26,17 +23,19 @@ import contextlib
 import importlib.util
 import os
 import re
-import socket
-import threading
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-__all__ = ["Claims", "DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure",
+from .claims import Claims, RDBClaims
+from .rdb import BulkRDBStorage
+
+__all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure", "quiet_optuna",
            "storage_errors", "check_name", "data_home", "default_url",
            "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path"]
 
@@ -51,6 +50,14 @@ class StorageError(ValueError):
 
 class DamagedStorage(StorageError):
     """The study's SQLite file exists but is not a readable SQLite database."""
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial logging and experimental-feature warnings would bury our own lines."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage.*")
+    warnings.filterwarnings("ignore", message=".*constraint value is ignored.*")
 
 
 # --------------------------------------------------------------------------
@@ -206,15 +213,22 @@ def is_storage_failure(e: BaseException) -> bool:
     return isinstance(e, (sa.exc.OperationalError, sa.exc.DatabaseError, StorageError))
 
 
-def _rdb_storage(url: str, heartbeat: int | None, max_retry: int):
+def stale_trial_callback(max_retry: int):
+    """What happens to a trial whose worker stopped beating: failed, and re-queued with the
+    same parameters up to ``max_retry`` times."""
+    with warnings.catch_warnings():                # "experimental" since Optuna 2.8: not news to a user
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def _rdb_storage(url: str, heartbeat: int | None, max_retry: int) -> BulkRDBStorage:
     kwargs = {}
     if heartbeat:
         kwargs = dict(heartbeat_interval=int(heartbeat), grace_period=DEFAULT_GRACE_FACTOR * int(heartbeat),
-                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                          max_retry=max_retry))
+                      heartbeat_stale_trial_callback=stale_trial_callback(max_retry))
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=_engine_kwargs(url), **kwargs)
+            return BulkRDBStorage(driver_url(url), engine_kwargs=_engine_kwargs(url), **kwargs)
         except Exception as e:  # noqa: BLE001 - schema version, permissions
             # two processes creating Optuna's tables in a new database at once: the loser fails
             # ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
@@ -227,21 +241,72 @@ def _rdb_storage(url: str, heartbeat: int | None, max_retry: int):
 
 @dataclass
 class Store:
-    """One study's storage, opened once by a command and passed down: the URL, Optuna's
-    RDB storage and the claims table. ``study(sampler)`` loads the Optuna study."""
+    """One study's storage, opened once by a process and passed down: the URL, Optuna's
+    RDB storage, the claims, and the study loaded once (:meth:`study`), so that every
+    reader in the process shares one cache of its trials.
+
+    What the rest of the package asks of a storage beyond Optuna's own interface goes
+    through these methods (:meth:`attrs`, :meth:`read_trials`, :meth:`write_trial`,
+    :meth:`arm_heartbeat`) and :attr:`claims`: another kind of storage brings its own."""
 
     name: str
     url: str
-    storage: optuna.storages.RDBStorage
-    claims: "Claims"
+    storage: BulkRDBStorage
+    claims: Claims
+    _study: optuna.Study | None = field(default=None, repr=False)
+    _study_id: int | None = field(default=None, repr=False)
 
     def study(self, sampler=None) -> optuna.Study:
-        return optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler)
+        """The study, loaded on the first call; ``sampler`` replaces its sampler (a worker's
+        seeded TPE)."""
+        if self._study is None:
+            self._study = optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler)
+        elif sampler is not None:
+            self._study.sampler = sampler
+        return self._study
+
+    def create_study(self, directions: list[str]) -> optuna.Study:
+        """Create the study (or load it when it exists) and keep it as :meth:`study`."""
+        self._study = optuna.create_study(study_name=self.name, storage=self.storage, directions=directions,
+                                          load_if_exists=True)
+        return self._study
+
+    def exists(self) -> bool:
+        try:
+            self.storage.get_study_id_from_name(self.name)
+        except KeyError:
+            return False
+        return True
+
+    @property
+    def study_id(self) -> int:
+        if self._study_id is None:
+            self._study_id = self.storage.get_study_id_from_name(self.name)
+        return self._study_id
+
+    def attrs(self) -> dict:
+        """The study's user attributes, read now (shared, not copied as ``study.user_attrs``
+        copies them: read, do not change)."""
+        return self.storage.get_study_user_attrs(self.study_id)
+
+    def read_trials(self) -> list:
+        """Every trial of the study, read in one go and without parameters: what the readers of
+        results need (:class:`studies.results.Snapshot`), about half the work of a full read."""
+        return self.storage.read_trials(self.study_id, params=False)
 
     def trial_id(self, number: int) -> int:
         """The storage's id of trial ``number`` (Optuna's public storage API; no private attributes)."""
-        return self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.name), number)
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def write_trial(self, number: int, user_attrs: dict | None = None, system_attrs: dict | None = None) -> None:
+        """Running trial ``number``'s attributes, with what its sampling left held (its
+        parameters, its constraints), in one transaction (:mod:`studies.rdb`)."""
+        self.storage.set_trial_attrs(self.trial_id(number), user_attrs, system_attrs)
+
+    def arm_heartbeat(self, interval: int, max_retry: int) -> None:
+        """Heartbeats for this process's running trials (``interval`` seconds; silent for
+        :data:`DEFAULT_GRACE_FACTOR` beats = failed and retried up to ``max_retry`` times)."""
+        self.storage.arm_heartbeat(interval, DEFAULT_GRACE_FACTOR * int(interval), stale_trial_callback(max_retry))
 
     def close(self) -> None:
         self.claims.close()
@@ -261,7 +326,8 @@ def open_store(name: str, storage: str | None = None, *, create: bool = False, h
     if storage is None and create:
         data_home().mkdir(parents=True, exist_ok=True)
     check_url(url, create=create)
-    return Store(name, url, _rdb_storage(url, heartbeat, max_retry), Claims(url, owner))
+    rdb = _rdb_storage(url, heartbeat, max_retry)
+    return Store(name, url, rdb, RDBClaims(rdb.engine, owner))
 
 
 def open_existing(name: str, storage: str | None = None, **kwargs) -> Store:
@@ -281,7 +347,7 @@ def open_existing(name: str, storage: str | None = None, **kwargs) -> Store:
         if storage is None:
             raise unknown() from None
         raise
-    if name not in {s.study_name for s in store.storage.get_all_studies()}:
+    if not store.exists():
         store.close()
         raise unknown()
     return store
@@ -300,156 +366,3 @@ def list_study_names(url: str | None) -> list[str]:
         return sorted(optuna.get_all_study_names(storage=_rdb_storage(url, None, 0)))
     except StorageError:
         return []
-
-
-# --------------------------------------------------------------------------
-# claims
-# --------------------------------------------------------------------------
-
-def owner_is_dead(owner: str) -> bool:
-    """True when ``owner`` (``host:pid``) is a process of this machine that no longer exists;
-    a process elsewhere cannot be checked, so it is never called dead here."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:      # alive, another user's
-        return False
-    return False
-
-class Claims:
-    """Atomic, heart-beating claims in table ``stacknas_claims`` of the study's database.
-
-    ``try_claim(key)`` inserts ``key`` (primary key): exactly one caller wins.
-    A claim whose holder has not beaten for ``stale_after`` seconds and is
-    not ``done`` may be taken over (conditional UPDATE, again one winner).
-    """
-
-    def __init__(self, url: str, owner: str):
-        self.owner = owner
-        url = driver_url(url)
-        self.engine = sa.create_engine(url, **_engine_kwargs(url))
-        meta = sa.MetaData()
-        self.table = sa.Table(
-            "stacknas_claims", meta,
-            sa.Column("key", sa.String(512), primary_key=True),
-            sa.Column("owner", sa.String(256), nullable=False),
-            sa.Column("heartbeat", sa.Float, nullable=False),   # unix time of the last beat
-            sa.Column("done", sa.Integer, nullable=False, default=0),
-        )
-        try:
-            meta.create_all(self.engine, checkfirst=True)
-        except sa.exc.DBAPIError:   # another process created it at the same moment
-            meta.create_all(self.engine, checkfirst=True)
-
-    def try_claim(self, key: str, stale_after: float) -> bool:
-        """Claim ``key``: a new row, or one whose holder stopped beating ``stale_after`` seconds
-        ago or is a process of this machine that no longer exists (killed)."""
-        now = time.time()
-        t = self.table
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(t.insert().values(key=key, owner=self.owner, heartbeat=now, done=0))
-            return True
-        except sa.exc.IntegrityError:
-            pass
-        with self.engine.begin() as conn:
-            res = conn.execute(t.update()
-                               .where(t.c.key == key, t.c.done == 0, t.c.heartbeat < now - stale_after)
-                               .values(owner=self.owner, heartbeat=now))
-            if res.rowcount == 1:
-                return True
-            row = conn.execute(t.select().where(t.c.key == key)).first()
-            if row is None or row.done or not owner_is_dead(row.owner):
-                return False
-            res = conn.execute(t.update().where(t.c.key == key, t.c.done == 0, t.c.owner == row.owner)
-                               .values(owner=self.owner, heartbeat=now))
-            return res.rowcount == 1
-
-    def holder(self, key: str) -> dict | None:
-        """The row of ``key`` (owner, heartbeat, done), or None."""
-        t = self.table
-        with self.engine.connect() as conn:
-            row = conn.execute(t.select().where(t.c.key == key)).first()
-        return dict(row._mapping) if row is not None else None
-
-    def beat(self, key: str) -> None:
-        with self.engine.begin() as conn:
-            t = self.table
-            conn.execute(t.update().where(t.c.key == key, t.c.owner == self.owner).values(heartbeat=time.time()))
-
-    def finish(self, key: str) -> None:
-        with self.engine.begin() as conn:
-            t = self.table
-            conn.execute(t.update().where(t.c.key == key, t.c.owner == self.owner)
-                         .values(done=1, heartbeat=time.time()))
-
-    def release(self, key: str) -> None:
-        with self.engine.begin() as conn:
-            t = self.table
-            conn.execute(t.delete().where(t.c.key == key, t.c.owner == self.owner))
-
-    def rows(self, prefix: str) -> list[dict]:
-        """Every claim whose key starts with ``prefix``: key, owner, heartbeat, done."""
-        t = self.table
-        with self.engine.connect() as conn:
-            res = conn.execute(t.select().where(t.c.key.startswith(prefix, autoescape=True)))
-            return [dict(r._mapping) for r in res]
-
-    def held(self, key: str, interval: float) -> "Beating":
-        """Context manager beating ``key`` every ``interval`` seconds in a thread."""
-        return Beating(lambda: self.beat(key), interval)
-
-    def lock(self, key: str, stale_after: float = 60.0, poll: float = 0.2, timeout: float = 120.0):
-        """A short mutual-exclusion section across processes (released on exit)."""
-        return _Lock(self, key, stale_after, poll, timeout)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-class Beating:
-    """Calls ``beat`` now and then every ``interval`` seconds in a daemon thread, while entered."""
-
-    def __init__(self, beat, interval: float):
-        self._beat, self._interval = beat, max(0.2, float(interval))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(self._interval):
-            try:
-                self._beat()
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
-                pass
-
-    def __enter__(self):
-        self._beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
-
-
-class _Lock:
-    def __init__(self, claims: Claims, key: str, stale_after: float, poll: float, timeout: float):
-        self.claims, self.key = claims, key
-        self.stale_after, self.poll, self.timeout = stale_after, poll, timeout
-
-    def __enter__(self):
-        deadline = time.time() + self.timeout
-        while not self.claims.try_claim(self.key, self.stale_after):
-            if time.time() > deadline:
-                raise StorageError(f"timed out waiting for lock {self.key!r} held by another process")
-            time.sleep(self.poll)
-        return self
-
-    def __exit__(self, *exc):
-        self.claims.release(self.key)
-        return False

@@ -27,7 +27,7 @@ import studies
 import trainers
 from studies import objective
 from studies.retrain import retrain_targets
-from studies.storage import Claims
+from studies.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(budget="60k", tolerance=0.1, synthetic=True, synthetic_images=64, synthetic_image_size=8,
@@ -103,7 +103,7 @@ def test_a_dead_claimant_on_this_machine_is_taken_over(retrained, home):
     """What a `kill -9` of a retrain leaves: a fresh claim whose process is gone."""
     uid = retrained.user_attrs["uid"]
     targets = retrain_targets(retrained)
-    claims = Claims(studies.resolve_url("f", None), f"{socket.gethostname()}:{_dead_pid()}")
+    claims = open_store("f", owner=f"{socket.gethostname()}:{_dead_pid()}").claims
     assert claims.try_claim(f"{uid}:retrain:fast-3ep:{targets[0].number}", 60)
     rc, out, err = cli("retrain", "--study", "f", "--epochs", "3", "--no-progress")
     assert rc == 0, err
@@ -115,7 +115,7 @@ def test_a_dead_claimant_on_this_machine_is_taken_over(retrained, home):
 def test_a_live_claim_elsewhere_is_named_and_the_exit_is_non_zero(retrained, home):
     uid = retrained.user_attrs["uid"]
     targets = retrain_targets(retrained)
-    claims = Claims(studies.resolve_url("f", None), "another-host:4242")
+    claims = open_store("f", owner="another-host:4242").claims
     assert claims.try_claim(f"{uid}:retrain:fast-4ep:{targets[0].number}", 60)
     rc, out, err = cli("retrain", "--study", "f", "--epochs", "4", "--no-progress")
     line = one_line_error(rc, err)
