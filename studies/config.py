@@ -277,7 +277,11 @@ class StudySettings:
     @classmethod
     def load(cls, study: optuna.Study) -> "StudySettings | None":
         """The stored settings, or None for a study not made by ``run``."""
-        a = study.user_attrs
+        return cls.from_attrs(study.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, a: dict) -> "StudySettings | None":
+        """The settings among a study's user attributes ``a``, or None for a study not made by ``run``."""
         if "uid" not in a or "budget" not in a:
             return None
         return cls(**{f.name: a[f.name] for f in dataclasses.fields(cls) if f.name in a})

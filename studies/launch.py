@@ -3,26 +3,28 @@
 :func:`run` is the Python form of ``search.py run``. In order of cost it
 checks the options, the storage URL, the device and the data, then creates the
 study (or resumes it: a resumed study keeps its settings), enqueues the
-papers' presets that were asked for, raises the study's target to ``trials``
-and runs one worker in this process or ``workers`` spawned processes
-(:mod:`studies.worker`). At the end the results files are rewritten.
+papers' presets that were asked for and raises the study's target to ``trials``.
+What that settled is one :class:`~studies.session.Session` (the storage opened
+once, the study, its settings, the device, the data), handed to one worker in
+this process or pickled to ``workers`` spawned processes (:mod:`studies.worker`).
+At the end the results files are rewritten from one more (incremental) read.
 """
 from __future__ import annotations
 
 import dataclasses
 
-import optuna
 import torch
 from tqdm.auto import tqdm
 
 from models import presets
 from search_space import count_params, param_range, parse_budget
 
+from .claims import worker_name
 from .config import RunOptions, StudySettings, check_resume, data_source
-from .objective import forget_data, load_data, worker_name
-from .results import lineage_counts, write_results
-from .storage import (Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path,
-                      storage_errors)
+from .objective import forget_data, load_data
+from .results import Snapshot, lineage_counts, write_results
+from .session import Session
+from .storage import Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path, storage_errors
 from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
@@ -43,10 +45,9 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _check_reach(opts: RunOptions) -> None:
+def _check_reach(budget: int, tol: float) -> None:
     """Refuse a budget outside the space's reach (some of its network shapes could meet
     no width there), with the range it reaches."""
-    budget, tol = parse_budget(opts.budget), float(opts.tolerance)
     lo, hi = param_range()
     if budget * (1 + tol) < lo or budget * (1 - tol) > hi:
         raise ValueError(f"--budget {budget:,}: outside the search space's reach; every network shape it samples "
@@ -72,14 +73,15 @@ def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> 
 def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=None) -> StudySettings:
     """Under the study's set-up lock: create it with new settings or check a resume; enqueue
     the presets asked for; raise the target to ``opts.trials`` (a study never shrinks)."""
-    study = optuna.create_study(study_name=opts.study, storage=store.storage, directions=DIRECTIONS,
-                                load_if_exists=True)
+    study = store.create_study(DIRECTIONS)
     if [d.name.lower() for d in study.directions] != DIRECTIONS:
         raise ValueError(f"study {opts.study!r} in {redact_url(store.url)} is not a stacking-nas study "
                          f"(directions {[d.name for d in study.directions]})")
-    settings = StudySettings.load(study)
+    attrs = study.user_attrs
+    settings = StudySettings.from_attrs(attrs)
+    trials = study.get_trials(deepcopy=False)
     if settings is None:
-        if study.trials:
+        if trials:
             raise ValueError(f"study {opts.study!r} in {redact_url(store.url)} has trials but no settings")
         settings = StudySettings.from_options(opts, device, dataset)
         settings.save(study)
@@ -88,8 +90,7 @@ def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=
         for key, value in check_resume(settings, opts):
             study.set_user_attr(key, value)
             setattr(settings, key, value)
-    trials = study.get_trials(deepcopy=False)
-    target = max(int(opts.trials), int(study.user_attrs.get(TARGET_ATTR, 0)))
+    target = max(int(opts.trials), int(attrs.get(TARGET_ATTR, 0)))
     room = target - lineage_counts(trials)["total"]
     have = {t.user_attrs.get("preset") for t in trials}
     wanted = [p for p in _preset_names(opts.enqueue_presets, settings, say) if p not in have]
@@ -99,12 +100,9 @@ def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=
         wanted = wanted[:max(room, 0)]
     for p in wanted:
         study.enqueue_trial({}, user_attrs={"preset": p})
-    study.set_user_attr(TARGET_ATTR, target)
+    if target != attrs.get(TARGET_ATTR):
+        study.set_user_attr(TARGET_ATTR, target)
     return settings
-
-
-def _names(store: Store) -> list[str]:
-    return [s.study_name for s in store.storage.get_all_studies()]
 
 
 def run(study: str, trials: int, *, say=print, **options) -> dict:
@@ -129,15 +127,18 @@ def _run(opts: RunOptions, say) -> dict:
     if opts.storage is None:
         data_home().mkdir(parents=True, exist_ok=True)
     check_url(url, create=True)
-    _check_reach(opts)
-    device = _check_device(opts.device or default_device())
     path = sqlite_path(url)
     # a study being resumed is opened now (its stored data decides what to load); a new SQLite
     # file is created only once the data is there
     store = None if path is not None and not path.exists() else open_store(opts.study, opts.storage,
                                                                            owner=worker_name())
     try:
-        stored = StudySettings.load(store.study()) if store is not None and opts.study in _names(store) else None
+        stored = StudySettings.from_attrs(store.attrs()) if store is not None and store.exists() else None
+        if stored is None:
+            # a new study: a budget no network can meet is refused before anything is created (a
+            # resumed one keeps the budget it was made with, and check_resume refuses another)
+            _check_reach(parse_budget(opts.budget), float(opts.tolerance))
+        device = _check_device(opts.device or default_device())
         if stored is not None:
             check_resume(stored, opts)     # an option contradicting the study is refused before any data is read
             data = stored.data
@@ -159,27 +160,28 @@ def _run(opts: RunOptions, say) -> dict:
             store = open_store(opts.study, opts.storage, create=True, owner=worker_name())
         with store.claims.lock(f"setup:{opts.study}"):
             # one launcher at a time sets the study up: settings (and their uid), presets, target
-            _create_or_resume(opts, store, device, say, dataset)
-        study_obj = store.study()
-        counts = lineage_counts(study_obj.get_trials(deepcopy=False))
-        bar = tqdm(total=int(study_obj.user_attrs[TARGET_ATTR]), initial=counts["finished"],
+            settings = _create_or_resume(opts, store, device, say, dataset)
+        session = Session.resolve(store, settings, device, data_root=opts.data, progress=opts.progress)
+        study = session.study
+        counts = lineage_counts(study.get_trials(deepcopy=False))
+        bar = tqdm(total=int(store.attrs()[TARGET_ATTR]), initial=counts["finished"],
                    desc=f"study {opts.study}", unit="trial", disable=not opts.progress, dynamic_ncols=True)
         echo = say if say is not print or not opts.progress else tqdm.write
         try:
             if opts.workers == 1:
-                work(opts, say=echo, bar=bar)
+                work(session, opts, say=echo, bar=bar)
             else:
                 forget_data()                # the workers read their own copies
-                codes = run_workers(opts, store, device, bar, echo)
+                codes = run_workers(session, opts, bar, echo)
                 bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c]
                 if bad:
                     echo("; ".join(bad))
-            update_bar(bar, study_obj)
+            update_bar(bar, session)
         finally:
             bar.close()
-        study_obj = store.study()
-        counts = lineage_counts(study_obj.get_trials(deepcopy=False))
-        out, stats = write_results(study_obj)
+        snapshot = Snapshot(study)
+        counts = lineage_counts(snapshot.trials)
+        out, stats = write_results(snapshot)
         counts.update(results=str(out), storage=store.url, summary=stats)
         return counts
     finally:

@@ -5,15 +5,22 @@ next trial while the device trains the current one:
 
 * :func:`prepare` (CPU): the spec - a paper preset, or sampled by the
   sampler and its widths solved to the budget - then build, count and
-  measure; everything is stored on ``trial.user_attrs``. Raises
+  measure; everything is stored on ``trial.user_attrs`` in one write. Raises
   :class:`Infeasible` when no widths meet the budget (the worker marks the
   trial PRUNED before any training, with the reason and a positive
   ``budget`` constraint, so the TPE sampler learns to avoid the region). A
   network already evaluated in the study (TPE re-proposes some) is not
   trained again: its twin's results are copied, with ``duplicate_of``.
-* :func:`train` (device): the proxy; returns ``(val_accuracy, memory)`` or
-  raises :class:`TrialFailed` when it diverged or ran out of memory (the
-  trial is FAIL with the reason and the study goes on).
+* :func:`train` (device): the proxy, its figures stored in one write; returns
+  ``(val_accuracy, memory)`` or raises :class:`TrialFailed` when it diverged or
+  ran out of memory (the trial is FAIL with the reason and the study goes on).
+
+Both take the :class:`~studies.session.Session` (settings, device, data, the open
+storage). A trial's own writes, in order: the spec and measurements (and its budget
+constraint), then the proxy's figures, then the worker's ``tell`` with the values. Each
+is one transaction and the state comes last, so a worker that dies between two of them
+leaves a RUNNING trial that the heartbeat check fails and retries: no COMPLETE trial
+ever lacks what a reader needs.
 
 :func:`promote` trains a finished trial's network at a longer fidelity.
 """
@@ -23,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,10 +43,10 @@ from models import ArchSpec, SpecError, presets
 from models.measure import measure
 from search_space import BudgetError, sample_spec, solve_widths, within_budget
 
-from .config import StudySettings
+from .session import Session
 
-__all__ = ["Infeasible", "Prepared", "TrialFailed", "WorkerContext", "forget_data", "load_data", "network_spec",
-           "prepare", "promote", "spec_key", "train", "worker_name"]
+__all__ = ["Infeasible", "Prepared", "TrialFailed", "forget_data", "load_data", "network_spec", "prepare", "promote",
+           "proxy_data", "spec_key", "train"]
 
 
 class Infeasible(Exception):
@@ -57,11 +63,6 @@ class TrialFailed(Exception):
     def __init__(self, reason: str, status: str):
         super().__init__(reason)
         self.reason, self.status = reason, status
-
-
-def worker_name() -> str:
-    """``host:pid`` of this process (what a test kills, what a claim names)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 _LOADED: dict[str, trainers.Dataset] = {}   # the last data set this process read (one entry)
@@ -104,34 +105,14 @@ def network_spec(spec: ArchSpec, hparams: dict | None) -> ArchSpec:
     return dataclasses.replace(spec, dropout=rate)
 
 
-@dataclass
-class WorkerContext:
-    """What one worker process needs to evaluate trials."""
-
-    study_name: str
-    settings: StudySettings
-    device: str
-    progress: bool = True
-    worker: str = ""
-    data_root: str | None = None     # overrides settings.data["root"] (CIFAR-10 on this machine)
-    _data: trainers.Dataset | None = field(default=None, repr=False)
-
-    @property
-    def data(self) -> trainers.Dataset:
-        """The proxy's data: the study's, its training split cut to ``proxy_images`` if set."""
-        if self._data is None:
-            data = load_data(self.settings.data, self.data_root)
-            n = self.settings.proxy_images
-            self._data = data.proxy_subset(n) if n else data
-        return self._data
-
-    @property
-    def image_size(self) -> int:
-        return self.settings.image_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.settings.num_classes
+def proxy_data(session: Session) -> trainers.Dataset:
+    """The proxy's data, loaded once per process: the study's, its training split cut to
+    ``proxy_images`` if set."""
+    def load() -> trainers.Dataset:
+        data = load_data(session.data)
+        n = session.settings.proxy_images
+        return data.proxy_subset(n) if n else data
+    return session.memo("dataset", load)
 
 
 def _now() -> str:
@@ -148,18 +129,19 @@ def scheme_label(spec: ArchSpec) -> str:
     return "+".join(dict.fromkeys(stage_scheme(s) for s in spec.stages))
 
 
-def spec_for_trial(trial: optuna.Trial, ctx: WorkerContext) -> ArchSpec:
+def spec_for_trial(trial: optuna.Trial, session: Session) -> ArchSpec:
     """The trial's network: a preset's spec (``user_attrs['preset']``, not width-solved)
     or a sampled spec with widths solved to the budget. Raises :class:`Infeasible`."""
-    budget, tol = ctx.settings.budget, ctx.settings.tolerance
+    budget, tol = session.settings.budget, session.settings.tolerance
     preset = trial.user_attrs.get("preset")
     if preset:
-        return dataclasses.replace(presets.get(preset), image_size=ctx.image_size,
-                                   num_classes=ctx.num_classes).validate(require_widths=True)
+        return dataclasses.replace(presets.get(preset), image_size=session.image_size,
+                                   num_classes=session.num_classes).validate(require_widths=True)
     # the data set's classes and input size: the budget is met on the real head
-    spec = dataclasses.replace(sample_spec(trial, budget=budget, tolerance=tol, paper_forms=ctx.settings.paper_forms,
-                                           num_classes=ctx.num_classes),
-                               name=f"{ctx.study_name}-trial{trial.number}", image_size=ctx.image_size)
+    spec = dataclasses.replace(sample_spec(trial, budget=budget, tolerance=tol, paper_forms=session.settings.paper_forms,
+                                           num_classes=session.num_classes),
+                               name=f"{session.name}-trial{trial.number}", image_size=session.image_size)
+    session.store.write_trial(trial.number)     # the sampled parameters, in one write: a retry reuses them
     try:
         return solve_widths(spec, budget, tol)
     except BudgetError as e:
@@ -179,14 +161,31 @@ def spec_key(spec_json: str) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _twin(trial: optuna.Trial, spec: ArchSpec):
+class _Networks:
+    """The networks of a study's COMPLETE trials that are not duplicates, by spec key:
+    {key: smallest trial number}. Finished trials never change, so each is parsed once
+    per process; a lookup reads only the trials finished since the last one."""
+
+    def __init__(self):
+        self.first: dict[str, int] = {}
+        self.seen: set[int] = set()
+
+    def twin(self, study: optuna.Study, spec: ArchSpec, number: int):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number not in self.seen:
+                self.seen.add(t.number)
+                if t.user_attrs.get("spec") and "duplicate_of" not in t.user_attrs:
+                    k = spec_key(t.user_attrs["spec"])
+                    self.first[k] = min(self.first.get(k, t.number), t.number)
+        n = self.first.get(spec_key(spec.to_json()))
+        if n is None or n == number:
+            return None
+        return next(t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == n)
+
+
+def _twin(trial: optuna.Trial, spec: ArchSpec, session: Session):
     """An earlier COMPLETE trial (not itself a duplicate) with the same network, or None."""
-    key = spec_key(spec.to_json())
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number != trial.number and t.user_attrs.get("spec") and "duplicate_of" not in t.user_attrs \
-                and spec_key(t.user_attrs["spec"]) == key:
-            return t
-    return None
+    return session.memo("networks", _Networks).twin(trial.study, spec, trial.number)
 
 
 _OWN_ATTRS = {"worker", "ticket", "preset", "duplicate_of", "fail_reason", "traceback"}
@@ -194,32 +193,33 @@ _OWN_ATTRS = {"worker", "ticket", "preset", "duplicate_of", "fail_reason", "trac
 
 @dataclass
 class Prepared:
-    """A trial whose CPU work is done: its spec and measurements are on the trial; ``values``
-    is set when it needs no training (a duplicate of an earlier network)."""
+    """A trial whose CPU work is done: its spec and measurements are on the trial (and in
+    ``attrs``); ``values`` is set when it needs no training (a duplicate of an earlier
+    network)."""
 
     trial: optuna.Trial
     spec: ArchSpec
     memory: float                         # the study's memory objective, bytes per image
     values: tuple[float, float] | None = None
     seconds: float = 0.0                  # wall seconds of the CPU work
+    attrs: dict = field(default_factory=dict)   # the user attrs this evaluation wrote
 
 
-def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
+def prepare(trial: optuna.Trial, session: Session) -> Prepared:
     """Sample (or take the preset), solve widths, build, measure; store it all on the trial."""
     t0 = time.perf_counter()
-    cfg = ctx.settings
-    spec = spec_for_trial(trial, ctx)
+    cfg = session.settings
+    spec = spec_for_trial(trial, session)
     preset = trial.user_attrs.get("preset")
-    twin = None if preset else _twin(trial, spec)      # a preset is always evaluated as itself
+    twin = None if preset else _twin(trial, spec, session)      # a preset is always evaluated as itself
     if twin is not None:
         # the sampler proposed a network already evaluated: reuse its result, train nothing
         trial.set_constraint("budget", 0.0)
-        for k, v in twin.user_attrs.items():
-            if k not in _OWN_ATTRS:
-                trial.set_user_attr(k, v)
-        trial.set_user_attr("duplicate_of", twin.number)
+        attrs = {k: v for k, v in twin.user_attrs.items() if k not in _OWN_ATTRS}
+        attrs["duplicate_of"] = twin.number
+        session.store.write_trial(trial.number, attrs)
         values = (float(twin.values[0]), float(twin.values[1]))
-        return Prepared(trial, spec, values[1], values, time.perf_counter() - t0)
+        return Prepared(trial, spec, values[1], values, time.perf_counter() - t0, attrs)
     # on the meta device: the tracked figures are exact there and nothing is allocated, and a
     # worker on a GPU runs this while the device trains the previous trial (the allocator's
     # peak comes from the proxy itself)
@@ -242,33 +242,34 @@ def prepare(trial: optuna.Trial, ctx: WorkerContext) -> Prepared:
         attrs.update(preset_source=info.source, paper_params=info.params_on(kind),
                      paper_accuracy=info.accuracy_on(kind))
     attrs["cpu_seconds"] = round(time.perf_counter() - t0, 3)
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-    return Prepared(trial, spec, float(attrs[cfg.memory_key]), None, attrs["cpu_seconds"])
+    session.store.write_trial(trial.number, attrs)
+    return Prepared(trial, spec, float(attrs[cfg.memory_key]), None, attrs["cpu_seconds"], attrs)
 
 
-def _proxy(spec: ArchSpec, ctx: WorkerContext, epochs: int) -> trainers.TrainResult:
-    spec = network_spec(spec, ctx.settings.proxy_hparams)
-    return trainers.train(lambda: models.build(spec), ctx.data, protocol="proxy", epochs=epochs,
-                          device=ctx.device, seed=0, hparams=ctx.settings.proxy_hparams or None,
-                          progress=ctx.progress)
+def _proxy(spec: ArchSpec, session: Session, epochs: int) -> trainers.TrainResult:
+    spec = network_spec(spec, session.settings.proxy_hparams)
+    return trainers.train(lambda: models.build(spec), proxy_data(session), protocol="proxy", epochs=epochs,
+                          device=session.device, seed=0, hparams=session.settings.proxy_hparams or None,
+                          progress=session.progress)
 
 
-def train(prep: Prepared, ctx: WorkerContext) -> tuple[float, float]:
-    """The first-rung proxy of a prepared trial: ``(val_accuracy, memory)``."""
+def train(prep: Prepared, session: Session) -> tuple[float, float]:
+    """The first-rung proxy of a prepared trial: ``(val_accuracy, memory)``; its figures
+    are added to ``prep.attrs``."""
     if prep.values is not None:
         return prep.values
-    e0 = ctx.settings.epochs(0)
+    e0 = session.settings.epochs(0)
     started = time.time()
-    r = _proxy(prep.spec, ctx, e0)
-    for k, v in {"proxy_epochs": e0, "proxy_seconds": round(r.seconds["total"], 3), "device": r.device,
-                 # unix times: the gap between one trial's end and the next one's start on a worker is
-                 # the time its device waited for the CPU
-                 "proxy_started_at": started, "proxy_finished_at": time.time(),
-                 "cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
-                 "proxy_images_per_second": r.images_per_second, f"val_accuracy@{e0}": r.val_accuracy,
-                 "val_accuracy": r.val_accuracy, "status": r.status}.items():
-        prep.trial.set_user_attr(k, v)
+    r = _proxy(prep.spec, session, e0)
+    figures = {"proxy_epochs": e0, "proxy_seconds": round(r.seconds["total"], 3), "device": r.device,
+               # unix times: the gap between one trial's end and the next one's start on a worker is
+               # the time its device waited for the CPU
+               "proxy_started_at": started, "proxy_finished_at": time.time(),
+               "cuda_peak_bytes": r.cuda_peak_bytes, "proxy_train_loss": r.train_loss,
+               "proxy_images_per_second": r.images_per_second, f"val_accuracy@{e0}": r.val_accuracy,
+               "val_accuracy": r.val_accuracy, "status": r.status}
+    session.store.write_trial(prep.trial.number, figures)
+    prep.attrs.update(figures)
     if r.status != "ok":
         raise TrialFailed(r.reason if r.reason.startswith(r.status) else f"{r.status}: {r.reason}", r.status)
     if not math.isfinite(r.val_accuracy):
@@ -276,12 +277,12 @@ def train(prep: Prepared, ctx: WorkerContext) -> tuple[float, float]:
     return float(r.val_accuracy), prep.memory
 
 
-def promote(record, epochs: int, ctx: WorkerContext) -> dict:
+def promote(record, epochs: int, session: Session) -> dict:
     """Train a finished trial's network at a longer fidelity; the result dict is stored
     as study user attr ``fidelity:N:E``."""
     t0 = time.perf_counter()
-    r = _proxy(ArchSpec.from_json(record.user_attrs["spec"]), ctx, epochs)
+    r = _proxy(ArchSpec.from_json(record.user_attrs["spec"]), session, epochs)
     return {"number": record.number, "epochs": epochs, "status": r.status, "reason": r.reason,
             "val_accuracy": r.val_accuracy, "seconds": round(time.perf_counter() - t0, 3),
-            "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes, "worker": ctx.worker,
+            "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes, "worker": session.owner,
             "finished_at": _now()}

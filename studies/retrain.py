@@ -32,9 +32,10 @@ import trainers
 from models import ArchSpec
 from models.measure import measure
 
+from .claims import worker_name
 from .config import StudySettings, data_title
-from .objective import load_data, network_spec, worker_name
-from .results import pareto_numbers, retrain_results, trials_with_results, write_results
+from .objective import load_data, network_spec
+from .results import Snapshot, pareto_numbers, retrain_results, snapshot, trials_with_results, write_results
 from .retrain_protocol import (PAPER, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
                                retrain_label, retrain_protocols)
 from .storage import Store, data_home, open_existing, resolve_url, storage_errors
@@ -52,7 +53,9 @@ def run_dir(study_name: str, number: int, label: str) -> Path:
 
 def retrain_targets(study: optuna.Study) -> list:
     """Merged records to retrain: COMPLETE trials on the Pareto front, and every
-    preset trial that has a spec (whatever its proxy outcome), by number."""
+    preset trial that has a spec (whatever its proxy outcome), by number (``study``: a study
+    or a :class:`~studies.results.Snapshot` of it, read once)."""
+    study = snapshot(study)
     merged = trials_with_results(study)
     front = pareto_numbers(study, merged)
     out = []
@@ -100,7 +103,8 @@ def retrain(study: str, storage: str | None = None, *, protocol: str = "fast", e
 def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthetic, device, numbers, progress,
                    say) -> list[dict]:
     study = store.study()
-    cfg = StudySettings.load(study)
+    read = Snapshot(study, store.read_trials())     # the selection reads the study once
+    cfg = StudySettings.from_attrs(read.user_attrs)
     if cfg is None:
         raise ValueError(f"study {store.name!r} was not made by `search.py run` (no settings stored)")
     kind = cfg.data.get("kind")
@@ -110,9 +114,9 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
     if data_root and kind == "synthetic":
         raise ValueError(f"study {store.name!r} was searched on synthetic data; --data does not apply")
     if numbers is None:
-        targets = retrain_targets(study)
+        targets = retrain_targets(read)
     else:
-        by_number = {t.number: t for t in trials_with_results(study)}
+        by_number = {t.number: t for t in trials_with_results(read)}
         missing = [n for n in numbers if n not in by_number or not by_number[n].user_attrs.get("spec")]
         if missing:
             raise ValueError(f"study {store.name!r} has no trial {missing[0]} with a network to retrain")
@@ -162,7 +166,7 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
                 f"  weights {entry['weights_path']}")
         else:
             say(f"    {r.status}: {r.reason}")
-    write_results(study)
+    write_results(Snapshot(study, store.read_trials()))
     if elsewhere:
         n, owner, expires = elsewhere[-1]
         raise Incomplete(f"{len(elsewhere)} network(s) left to other processes (trial {n} by {owner}, whose claim "

@@ -29,7 +29,7 @@ __all__ = ["Session"]
 @dataclass
 class Session:
     """A resolved study. ``data`` is the dataset description the proxies train on:
-    ``settings.data`` with the CIFAR-10 folder of this machine."""
+    ``settings.data`` with its folder on this machine (``run --data``)."""
 
     name: str
     url: str
@@ -77,7 +77,11 @@ class Session:
 
     @property
     def image_size(self) -> int:
-        return int(self.data.get("image_size", 32))
+        return self.settings.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings.num_classes
 
     def memo(self, key: str, make: Callable[[], Any]) -> Any:
         """A per-process value of this session (the dataset, an index of the trials), made

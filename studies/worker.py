@@ -18,6 +18,12 @@ the processes that run several workers on one machine.
 * **Promotions first** (:mod:`studies.promotion`), then trials; a worker leaves
   when nothing is waiting, running or being promoted anywhere in the study
   and the target is reached.
+* **The session.** A worker takes the :class:`~studies.session.Session` that
+  ``run`` resolved (in its own process, or pickled to a spawned one): the study
+  is loaded once per process and its trials read incrementally, a new trial is
+  created RUNNING with its ticket and worker in one write, and the stale-trial
+  check runs at most once per heartbeat interval (a trial is stale only after
+  three).
 """
 from __future__ import annotations
 
@@ -28,34 +34,26 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import replace
 
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 
 from . import objective
-from .config import RunOptions, StudySettings
-from .objective import Infeasible, TrialFailed, WorkerContext, worker_name
+from .claims import Beating
+from .config import RunOptions
+from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
 from .results import lineage_counts
-from .storage import (DEFAULT_GRACE_FACTOR, Beating, Store, is_storage_failure, open_store, resolve_url,
-                      storage_errors)
+from .session import Session
+from .storage import DEFAULT_GRACE_FACTOR, is_storage_failure, quiet_optuna, storage_errors
 
 __all__ = ["TARGET_ATTR", "make_sampler", "quiet_optuna", "run_workers", "work"]
 
 TARGET_ATTR = "trials"       # study user attr: the number of trial lineages the study should hold
-
-
-def quiet_optuna() -> None:
-    """Optuna's per-trial logging and experimental-feature warnings would bury our own lines."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*Heartbeat of storage.*")
-    warnings.filterwarnings("ignore", message=".*constraint value is ignored.*")
 
 
 def make_sampler(seed: int, worker_index: int = 0, existing: int = 0) -> optuna.samplers.TPESampler:
@@ -67,24 +65,43 @@ def make_sampler(seed: int, worker_index: int = 0, existing: int = 0) -> optuna.
     return optuna.samplers.TPESampler(seed=s, multivariate=True, group=True, constant_liar=True)
 
 
+def fresh_history(study: optuna.Study) -> None:
+    """Let the sampler see every trial finished so far.
+
+    Optuna's samplers read the trials through a per-thread list on the study that
+    ``Study.ask()`` and ``Study.tell()`` empty, on the thread that calls them. A worker takes
+    its trials under its own lock (see :func:`_take_trial`), not through ``ask()``, and on a
+    GPU it samples the next trial on its "prepare" thread while the main thread tells: there
+    nothing emptied the list, and TPE kept the history of that thread's first trial for good
+    (its start-up count too). So the list is emptied before each trial, on its thread."""
+    study._thread_local.cached_all_trials = None
+
+
 # --------------------------------------------------------------------------
 # taking a trial
 # --------------------------------------------------------------------------
 
-def _take_trial(study: optuna.Study, store: Store, cfg: StudySettings) -> int | None:
+def _take_trial(session: Session) -> tuple[int, bool] | None:
     """Under the study's ticket lock: a WAITING trial, or a new one while the study holds fewer
-    lineages than its target; made RUNNING. Its storage id, or None."""
+    lineages than its target, made RUNNING. Its storage id and whether it came from the
+    queue (a preset or a retry), or None.
+
+    A new trial is created RUNNING with its ``ticket`` and ``worker`` attributes in one write
+    (what ``enqueue_trial`` and then popping it would take three for)."""
+    store, study, cfg = session.store, session.study, session.settings
     with store.claims.lock(f"{cfg.uid}:ticket-lock"):
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
-            target = int(study.user_attrs.get(TARGET_ATTR, 0))
-            if lineage_counts(study.get_trials(deepcopy=False))["total"] >= target:
-                return None
-            study.enqueue_trial({}, user_attrs={"ticket": True})
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        trial_id = store.trial_id(min(t.number for t in waiting))
-        store.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
-        return trial_id
+        trials = study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        if waiting:
+            number = min(t.number for t in waiting)
+            trial_id = store.trial_id(number)
+            store.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+            return trial_id, True
+        if lineage_counts(trials)["total"] >= int(store.attrs().get(TARGET_ATTR, 0)):
+            return None
+        trial_id = store.storage.create_new_trial(store.study_id, create_trial(
+            state=TrialState.RUNNING, user_attrs={"ticket": True, "worker": session.owner}))
+        return trial_id, False
 
 
 def _retry(study: optuna.Study, number: int, max_retry: int) -> None:
@@ -106,37 +123,46 @@ class _Taken:
     failed); ``state`` then holds the final state's name.
     """
 
-    def __init__(self, study: optuna.Study, store: Store, trial_id: int, ctx: WorkerContext):
-        self.study, self.ctx = study, ctx
+    def __init__(self, session: Session, trial_id: int, queued: bool):
+        self.session = session
+        self.study = study = session.study
+        store = session.store
         interval = store.storage.get_heartbeat_interval()
         self.beat = Beating(lambda: store.storage.record_heartbeat(trial_id), interval) if interval else None
         if self.beat:
             self.beat.__enter__()
+        fresh_history(study)
         self.trial = optuna.Trial(study, trial_id)
-        self.trial.set_user_attr("worker", ctx.worker)
-        if self.trial.user_attrs.get("fail_reason"):
-            self.trial.set_user_attr("fail_reason", None)     # a retry starts clean
-        preset = self.trial.user_attrs.get("preset")
+        a = self.trial.user_attrs
+        if queued:                           # taken from the queue: say who runs it; a retry starts clean
+            store.write_trial(self.trial.number, {"worker": session.owner,
+                                                  **({"fail_reason": None} if a.get("fail_reason") else {})})
+        preset = a.get("preset")
         self.label = f"trial {self.trial.number}" + (f" [{preset}]" if preset else "")
         self.prepared: objective.Prepared | None = None
         self.state: str | None = None
 
     def prepare(self, say) -> None:
-        self._guarded(lambda: setattr(self, "prepared", objective.prepare(self.trial, self.ctx)), say)
+        self._guarded(lambda: setattr(self, "prepared", objective.prepare(self.trial, self.session)), say)
 
     def train(self, say) -> None:
         if self.state is None:
-            self._guarded(lambda: self._tell(objective.train(self.prepared, self.ctx), say), say)
+            self._guarded(lambda: self._tell(objective.train(self.prepared, self.session), say), say)
 
     def _tell(self, values: tuple[float, float], say) -> None:
         self.study.tell(self.trial, list(values))
-        a = self.trial.user_attrs
+        a = self.prepared.attrs if self.prepared is not None else {}
         if "duplicate_of" in a:
             say(f"{self.label}: the same network as trial {a['duplicate_of']}; not trained again, counted once")
         else:
-            say(f"{self.label}: acc {values[0]:.3f}  {self.ctx.settings.memory} mem {_mib(values[1])}/image  "
+            say(f"{self.label}: acc {values[0]:.3f}  {self.session.settings.memory} mem {_mib(values[1])}/image  "
                 f"{a.get('params', 0):,} params  {a.get('architecture', '')}  ({a.get('proxy_seconds', 0):.1f}s)")
         self.state = "COMPLETE"
+
+    def _end(self, state: TrialState, attrs: dict) -> None:
+        """The trial's outcome attributes in one write, then its final state."""
+        self.session.store.write_trial(self.trial.number, attrs)
+        self.study.tell(self.trial, state=state)
 
     def _guarded(self, part, say) -> None:
         """Run one part; an outcome other than success becomes the trial's final state."""
@@ -149,16 +175,12 @@ class _Taken:
             say(f"{self.label}: failed by the heartbeat check meanwhile; its retry will run it")
             self.state = "FAIL"
         except Infeasible as e:
-            trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("fail_reason", e.reason)
             trial.set_constraint("budget", float(e.violation))
-            study.tell(trial, state=TrialState.PRUNED)
+            self._end(TrialState.PRUNED, {"status": "infeasible", "fail_reason": e.reason})
             say(f"{self.label}: pruned: {e.reason}")
             self.state = "PRUNED"
         except TrialFailed as e:
-            trial.set_user_attr("status", e.status)
-            trial.set_user_attr("fail_reason", e.reason)
-            study.tell(trial, state=TrialState.FAIL)
+            self._end(TrialState.FAIL, {"status": e.status, "fail_reason": e.reason})
             say(f"{self.label}: FAIL: {e.reason}")
             self.state = "FAIL"
         except KeyboardInterrupt:
@@ -173,10 +195,8 @@ class _Taken:
                 self.state = "FAIL"
                 raise
             reason = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            trial.set_user_attr("status", "error")
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
+            self._end(TrialState.FAIL, {"status": "error", "fail_reason": reason,
+                                        "traceback": traceback.format_exc()[-4000:]})
             say(f"{self.label}: FAIL: {reason}")
             self.state = "FAIL"
 
@@ -184,10 +204,8 @@ class _Taken:
         """Ctrl-C: fail the trial as interrupted and re-queue it with the same parameters."""
         if self.state is not None:
             return
-        self.trial.set_user_attr("status", "interrupted")
-        self.trial.set_user_attr("fail_reason", "interrupted (worker stopped); re-queued")
-        self.study.tell(self.trial, state=TrialState.FAIL)
-        _retry(self.study, self.trial.number, self.ctx.settings.max_retry)
+        self._end(TrialState.FAIL, {"status": "interrupted", "fail_reason": "interrupted (worker stopped); re-queued"})
+        _retry(self.study, self.trial.number, self.session.settings.max_retry)
         self.state = "FAIL"
 
     def close(self) -> None:
@@ -200,64 +218,60 @@ class _Taken:
 # the loop
 # --------------------------------------------------------------------------
 
-def work(opts: RunOptions, say=print, bar=None) -> dict:
-    """The worker loop: promotions first, then trials; returns what this worker did."""
+def work(session: Session, opts: RunOptions, say=print, bar=None) -> dict:
+    """The worker loop over ``session``'s study: promotions first, then trials; returns what
+    this worker did. ``opts`` gives the worker's own options (seed, index, poll, prepare_ahead)."""
     quiet_optuna()
-    with storage_errors(resolve_url(opts.study, opts.storage)):
-        return _work(opts, say, bar)
+    with storage_errors(session.url):
+        return _work(session, opts, say, bar)
 
 
-def _work(opts: RunOptions, say, bar) -> dict:
-    # The heartbeat interval is a stored setting, so the storage is opened twice: once to
-    # read the settings, once with heartbeats for the running trials.
-    probe = open_store(opts.study, opts.storage)
-    stored = probe.study()
-    cfg, existing = StudySettings.load(stored), len(stored.get_trials(deepcopy=False))
-    probe.close()
-    store = open_store(opts.study, opts.storage, heartbeat=cfg.heartbeat_interval, max_retry=cfg.max_retry,
-                       owner=worker_name())
+def _work(session: Session, opts: RunOptions, say, bar) -> dict:
+    store, cfg = session.store, session.settings
+    study = session.study
+    study.sampler = make_sampler(opts.seed, opts.worker_index, len(study.get_trials(deepcopy=False)))
     grace = DEFAULT_GRACE_FACTOR * cfg.heartbeat_interval
-    study = store.study(make_sampler(opts.seed, opts.worker_index, existing))
-    ctx = WorkerContext(opts.study, cfg, opts.device or default_device(), progress=opts.progress,
-                        worker=store.claims.owner, data_root=opts.data)
     done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "promotions": 0}
 
     def next_work() -> Job | _Taken | None:
         """Promotions first, then a trial, taken and prepared (its CPU part); None when idle."""
-        job = find_promotion(study, cfg, store, grace)
+        job = find_promotion(session, grace)
         if job is not None:
             return job
-        trial_id = _take_trial(study, store, cfg)
-        if trial_id is None:
+        taken = _take_trial(session)
+        if taken is None:
             return None
-        taken = _Taken(study, store, trial_id, ctx)
+        taken = _Taken(session, *taken)
         taken.prepare(say)
         return taken
 
     # On a GPU the next trial is sampled, width-solved, built and measured in a thread while
     # the device trains the current one, so the device does not wait for the CPU; on the CPU
     # both would compete for the same cores, so the parts run one after the other.
-    overlap = ctx.device.startswith("cuda") if opts.prepare_ahead is None else opts.prepare_ahead
+    overlap = session.device.startswith("cuda") if opts.prepare_ahead is None else opts.prepare_ahead
     ahead = ThreadPoolExecutor(1, thread_name_prefix="prepare") if overlap else None
     pending: Future | None = None
+    checked = -math.inf          # monotonic time of the last stale-trial check
     try:
         while True:
-            with store.claims.lock(f"{cfg.uid}:stale-lock"):
-                # one process at a time: on SQLite two could both fail (and re-queue) one trial
-                optuna.storages.fail_stale_trials(study)
+            if time.monotonic() - checked >= cfg.heartbeat_interval:
+                with store.claims.lock(f"{cfg.uid}:stale-lock"):
+                    # one process at a time: on SQLite two could both fail (and re-queue) one trial
+                    optuna.storages.fail_stale_trials(study)
+                checked = time.monotonic()
             item = pending.result() if pending is not None else next_work()
             pending = None
             if item is None:
                 active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-                if not active and not pending_promotions(store, cfg):
+                if not active and not pending_promotions(session):
                     break
-                update_bar(bar, study, waiting=True)
+                update_bar(bar, session, waiting=True)
                 time.sleep(opts.poll)
                 continue
             if ahead is not None and (isinstance(item, Job) or item.state is None):
                 pending = ahead.submit(next_work)
             if isinstance(item, Job):
-                run_promotion(study, item, ctx, store, say)
+                run_promotion(session, item, say)
                 done["promotions"] += 1
             else:
                 try:
@@ -265,7 +279,7 @@ def _work(opts: RunOptions, say, bar) -> dict:
                 finally:
                     item.close()
                 done[item.state] += 1
-            update_bar(bar, study)
+            update_bar(bar, session)
     except KeyboardInterrupt:
         if pending is not None:              # the trial prepared ahead is re-queued too
             item = pending.result()
@@ -278,16 +292,15 @@ def _work(opts: RunOptions, say, bar) -> dict:
     finally:
         if ahead is not None:
             ahead.shutdown(wait=True)
-        store.close()
     return done
 
 
-def update_bar(bar, study: optuna.Study, waiting: bool = False) -> None:
+def update_bar(bar, session: Session, waiting: bool = False) -> None:
     """The launch's progress bar: finished over target lineages, running and failed counts."""
     if bar is None or bar.disable:
         return
-    c = lineage_counts(study.get_trials(deepcopy=False))
-    bar.total = max(bar.total or 0, c["total"], int(study.user_attrs.get(TARGET_ATTR, 0)))
+    c = lineage_counts(session.study.get_trials(deepcopy=False))
+    bar.total = max(bar.total or 0, c["total"], int(session.store.attrs().get(TARGET_ATTR, 0)))
     bar.n = c["finished"]
     post = {"running": c.get("RUNNING", 0)}
     if c.get("FAIL"):
@@ -306,23 +319,25 @@ def default_device() -> str:
 # several workers on one machine
 # --------------------------------------------------------------------------
 
-def _worker_main(opts: RunOptions, env: dict) -> None:
-    """Entry point of a spawned worker process."""
+def _worker_main(session: Session, opts: RunOptions, env: dict) -> None:
+    """Entry point of a spawned worker process: the session pickled, the storage opened here."""
     os.environ.update(env)
     threads = env.get("STACKNAS_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        work(opts, say=lambda m: print(f"[w{opts.worker_index}] {m}", flush=True))
+        work(session, opts, say=lambda m: print(f"[w{opts.worker_index}] {m}", flush=True))
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        session.close()
 
 
-def run_workers(opts: RunOptions, store: Store, device: str, bar, say) -> list[int]:
+def run_workers(session: Session, opts: RunOptions, bar, say) -> list[int]:
     """Start ``opts.workers`` worker processes (one GPU each where there are several, the CPU
     threads shared out otherwise), follow them on ``bar``; their exit codes."""
     ctx = mp.get_context("spawn")
-    n_gpu = torch.cuda.device_count() if device.startswith("cuda") else 0
+    n_gpu = torch.cuda.device_count() if session.device.startswith("cuda") else 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g for g in visible.split(",") if g.strip()] if visible else [str(i) for i in range(n_gpu)]
     if n_gpu and opts.workers > len(gpus):
@@ -334,19 +349,19 @@ def run_workers(opts: RunOptions, store: Store, device: str, bar, say) -> list[i
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         else:
             env["STACKNAS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // opts.workers))
-        w = RunOptions(**{**asdict(opts), "worker_index": i, "progress": False})
-        p = ctx.Process(target=_worker_main, args=(w, env), name=f"stacknas-worker-{i}")
+        w = replace(opts, worker_index=i, progress=False)
+        p = ctx.Process(target=_worker_main, args=(replace(session, progress=False), w, env),
+                        name=f"stacknas-worker-{i}")
         p.start()
         procs.append(p)
-    study = store.study()
     try:
         while any(p.is_alive() for p in procs):
-            update_bar(bar, study)
+            update_bar(bar, session)
             for p in procs:
                 p.join(timeout=1.0 / len(procs))
     except KeyboardInterrupt:
         for p in procs:                      # they got SIGINT too; give them time to re-queue
             p.join(timeout=30)
         raise
-    update_bar(bar, study)
+    update_bar(bar, session)
     return [p.exitcode for p in procs]

@@ -19,8 +19,9 @@ import studies
 import trainers
 from models import ArchSpec, SpecError, StageSpec, presets
 from studies.config import RunOptions, StudySettings
-from studies.objective import WorkerContext, network_spec
+from studies.objective import network_spec, proxy_data
 from studies.retrain import run_dir
+from studies.session import Session
 
 PRESET = "rkcnn-i-2_2_2-k26_28_28"
 TINY = ["--budget", "60k", "--tolerance", "0.1", "--proxy-hparams", '{"batch_size": 8}', "--device", "cpu",
@@ -72,9 +73,9 @@ def test_proxies_train_on_the_seeded_subset_and_score_on_the_whole_validation_sp
     study, _ = folder_study
     cfg = StudySettings.load(study)
     full = studies.objective.load_data(cfg.data)
-    ctx = WorkerContext("imgs", cfg, "cpu")
-    assert len(ctx.data.train) == 16 < len(full.train)
-    assert ctx.data.val is full.val and ctx.data.test is full.test
+    data = proxy_data(Session("imgs", studies.resolve_url("imgs", None), cfg, "cpu", dict(cfg.data)))
+    assert len(data.train) == 16 < len(full.train)
+    assert data.val is full.val and data.test is full.test
 
 
 @pytest.mark.parametrize("extra, fragment", [
