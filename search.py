@@ -31,15 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
-import models
+# torch comes with models, trainers and most of studies: each command imports what it uses
+# (late, below), so that `show` starts without torch (under 3 s at 5,000 trials, imports included)
 import studies
-import trainers
-from models import ArchSpec, SpecError, presets
-from models.measure import count_macs, count_params, peak_memory
-from studies.config import RunOptions, json_object
-from studies.export import BEST_RULE
-from studies.retrain import REACH
-from studies.retrain_protocol import PAPER, PAPER_RULE, protocol_epochs, retrain_protocols
+from studies.retrain_protocol import PAPER, PAPER_RULE, REACH, protocol_epochs, retrain_protocols
 
 
 class UserError(Exception):
@@ -50,9 +45,11 @@ class UserError(Exception):
 # flags from the functions they call
 # --------------------------------------------------------------------------
 
-def _flags_from_options(parser: argparse.ArgumentParser, cls=RunOptions) -> None:
-    """One flag per field of ``cls`` with its metadata; argparse leaves a flag the user did
-    not give out of the namespace (``SUPPRESS``), so the field's own default applies."""
+def _flags_from_options(parser: argparse.ArgumentParser, cls=None) -> None:
+    """One flag per field of ``cls`` (default :class:`studies.config.RunOptions`) with its metadata;
+    argparse leaves a flag the user did not give out of the namespace (``SUPPRESS``), so the
+    field's own default applies."""
+    cls = cls or studies.RunOptions
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if not meta.pop("cli", True):
@@ -98,6 +95,7 @@ def _given(args, *names: str) -> dict:
 # --------------------------------------------------------------------------
 
 def cmd_run(args) -> None:
+    import trainers  # noqa: PLC0415 - torch, which run needs anyway
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "study", "trials")}
     try:
         counts = studies.run(args.study, args.trials, **options)
@@ -199,10 +197,11 @@ def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str], list[s
     cannot fit. A duplicate shows ``dup of N`` and no copied numbers: it is trial N's network."""
     if not len(df):
         return ["(no trials)"], [], []
+    records = df.to_dict("records")          # one pass: iterrows makes a Series per row, for every column
     cols: dict[str, list[str]] = {}
     for key, _, _, fmt in _SHOW:
         cols[key] = []
-        for _, row in df.iterrows():
+        for row in records:
             v, twin = row.get(key), row.get("duplicate_of")
             if not pd.isna(twin):
                 cols[key].append(f"dup of {int(twin)}" if key == "state" else
@@ -276,13 +275,12 @@ def cmd_show(args) -> None:
     ``--retrains``: every retrain instead, one row per network and label."""
     if args.retrains:
         return _show_retrains(args)
-    study = studies.open_study(args.study, args.storage)
-    merged = studies.trials_with_results(study)
-    table = studies.trials_table(study, merged)
+    study = studies.read_study(args.study, args.storage)       # read once: table and summary share it
+    table = study.table()
     df = studies.results.front(table) if args.pareto else table
     if args.csv:
         df.to_csv(args.csv)
-    stats = studies.results.summary(study, table, merged)
+    stats = study.summary()
     _print_table(df, stats["memory"], studies.results.summary_lines(stats))
     print(f"storage: {studies.redact_url(studies.resolve_url(args.study, args.storage))}")
     if args.csv:
@@ -377,7 +375,8 @@ def cmd_export(args) -> None:
 MAX_SPEC_BYTES = 1 << 20     # a spec file is a few kB; a bigger file is not one
 
 
-def _load_spec(name_or_file: str) -> ArchSpec:
+def _load_spec(name_or_file: str):
+    from models import ArchSpec, SpecError, presets  # noqa: PLC0415 - torch, for this command only
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
@@ -403,6 +402,10 @@ def _load_spec(name_or_file: str) -> ArchSpec:
 
 
 def cmd_describe(args) -> None:
+    import models  # noqa: PLC0415 - torch, for this command only
+    import trainers  # noqa: PLC0415
+    from models import presets  # noqa: PLC0415
+    from models.measure import count_macs, count_params, peak_memory  # noqa: PLC0415
     spec = _load_spec(args.spec)
     kind = "cifar10"
     if args.dataset is not None:
@@ -436,6 +439,7 @@ def cmd_describe(args) -> None:
 
 
 def cmd_presets(args) -> None:
+    from models import presets  # noqa: PLC0415 - torch, for this command only
     for name in presets.names():
         i = presets.info(name)
         print(f"{name:32s} {i.paper_params or '':>9s}  {i.source}")
@@ -453,14 +457,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, the flags of that command complete and the others' left out
+    where describing them imports torch (``run``'s options, the export rule)."""
     p = _Parser(prog="search.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.commands = sub.choices           # name -> its parser, for the check of unknown flags
 
     r = sub.add_parser("run", help="create or resume a study and run trials")
-    _flags_from_options(r)
+    if command in (None, "run"):
+        _flags_from_options(r)
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("retrain", help="fully retrain the Pareto front and the papers' presets",
@@ -470,20 +477,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epoch (`show --retrains` lists them). Each network is claimed once, so several "
                                    "processes may share the work; a killed retrain resumes from its checkpoint.")
     _study_flags(t)
-    protocols = retrain_protocols()
-    t.add_argument("--protocol", choices=protocols, default=argparse.SUPPRESS,
-                   help="training recipe: " + ", ".join(f"{k} ({protocol_epochs(k)} epochs)"
-                                                        for k in protocols if k != PAPER)
-                        + f", or {PAPER}: {PAPER_RULE} (default: "
-                        f"{_signature_default(studies.retrain, 'protocol')})")
-    t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, metavar="N",
-                   help="train N epochs instead of the protocol's, e.g. a quick check (a multistep schedule's "
-                        "milestones scale with it); the result is stored apart, labelled PROTOCOL-Nep, and "
-                        "shown as N/FULLep, never as the protocol's full result")
-    t.add_argument("--hparams", type=json_object, default=argparse.SUPPRESS, metavar="JSON",
-                   help="overrides of the protocol's hyperparameters (trainers.HPARAMS, the same checks as run "
-                        "--proxy-hparams), e.g. '{\"lr\": 0.2}' for 2x the paper learning rate (001 §3.3); "
-                        "stored apart, labelled PROTOCOL+lr=0.2")
+    if command in (None, "retrain"):           # the protocols' lengths and the options' checks bring torch
+        from studies.config import json_object  # noqa: PLC0415
+        protocols = retrain_protocols()
+        t.add_argument("--protocol", choices=protocols, default=argparse.SUPPRESS,
+                       help="training recipe: " + ", ".join(f"{k} ({protocol_epochs(k)} epochs)"
+                                                            for k in protocols if k != PAPER)
+                            + f", or {PAPER}: {PAPER_RULE} (default: "
+                            f"{_signature_default(studies.retrain, 'protocol')})")
+        t.add_argument("--epochs", type=int, default=argparse.SUPPRESS, metavar="N",
+                       help="train N epochs instead of the protocol's, e.g. a quick check (a multistep schedule's "
+                            "milestones scale with it); the result is stored apart, labelled PROTOCOL-Nep, and "
+                            "shown as N/FULLep, never as the protocol's full result")
+        t.add_argument("--hparams", type=json_object, default=argparse.SUPPRESS, metavar="JSON",
+                       help="overrides of the protocol's hyperparameters (trainers.HPARAMS, the same checks as run "
+                            "--proxy-hparams), e.g. '{\"lr\": 0.2}' for 2x the paper learning rate (001 §3.3); "
+                            "stored apart, labelled PROTOCOL+lr=0.2")
     t.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
                    help="where the study's data set is on this machine: the folder holding the named set, or the "
                         "folder of images itself (default: the folder stored in the study when it was searched); "
@@ -532,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = e.add_mutually_exclusive_group()
     g.add_argument("--trial", type=int, default=None, metavar="N",
                    help="export trial N (a completed trial with retrained weights: `search.py retrain` makes them)")
-    g.add_argument("--best", action="store_true", help=f"the default; best by validation accuracy: {BEST_RULE}")
+    if command in (None, "export"):
+        from studies.export import BEST_RULE  # noqa: PLC0415 - torch
+        g.add_argument("--best", action="store_true", help=f"the default; best by validation accuracy: {BEST_RULE}")
     e.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: exports/NAME in the data home)")
     e.add_argument("--force", action="store_true", help="overwrite an existing output folder")
@@ -545,9 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--svg", default=None, metavar="FILE",
                     help="also draw the network into FILE.svg: stem, stages with widths and strides, each stage's "
                          "block as the graph of its scheme")
-    ds.add_argument("--dataset", default=None, metavar="NAME_OR_DIR",
-                    help=f"count with this data set's classes ({', '.join(trainers.DATASETS)} or a folder with one "
-                         f"sub-folder per class); a preset then shows the count its paper prints for it")
+    if command in (None, "describe"):
+        import trainers  # noqa: PLC0415 - torch, for the data sets' names
+        ds.add_argument("--dataset", default=None, metavar="NAME_OR_DIR",
+                        help=f"count with this data set's classes ({', '.join(trainers.DATASETS)} or a folder with "
+                             f"one sub-folder per class); a preset then shows the count its paper prints for it")
     ds.set_defaults(func=cmd_describe)
 
     ps = sub.add_parser("presets", help="list the papers' networks")
@@ -594,7 +607,7 @@ def _unknown_flag(parser: argparse.ArgumentParser, argv: list[str]) -> str | Non
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     wrong = _unknown_flag(parser, argv)
     if wrong:
         print(f"error: {wrong}", file=sys.stderr)
@@ -610,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         # `search.py presets | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (UserError, SpecError, ValueError, OSError) as e:
+    except (UserError, ValueError, OSError) as e:          # models.SpecError is a ValueError
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

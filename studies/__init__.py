@@ -10,19 +10,26 @@ The Python form of the commands (``search.py`` is a thin layer over these)::
     studies.dashboard("demo")                         # writes <data home>/demo.html
     studies.export("demo")                            # writes <data home>/exports/demo/
 
-Readers: ``open_study``, ``trials_with_results``, ``trials_table``,
-``pareto_set``, ``kendall_tau``, ``hypervolume`` (:mod:`studies.results`).
+Readers: ``open_study``, ``read_study`` (a :class:`~studies.results.Snapshot`: the
+study read once), ``trials_with_results``, ``trials_table``, ``pareto_set``,
+``kendall_tau``, ``hypervolume`` (:mod:`studies.results`).
 
 Files, each one job: ``config`` (options and stored settings, the one home of
-their defaults), ``storage`` (data home, URLs, the storage opened once,
-claims), ``objective`` (one trial), ``worker`` (taking trials, the worker
-loop, worker processes), ``promotion`` (multi-fidelity), ``launch`` (``run``),
-``retrain``, ``retrain_protocol`` (the paper rule, retrain labels),
-``results`` (merged records, tables, the one summary every command
-prints), ``pareto`` (non-dominated sorting, crowding, hypervolume, Kendall's
-tau), ``dashboard`` (the page), ``page_sections``, ``figures``, ``space_plots``,
+their defaults), ``storage`` (data home, URLs, the storage opened once), ``rdb``
+(Optuna's RDB storage read in bulk and written in batches), ``claims`` (who does a
+piece of shared work), ``session`` (a study resolved once, handed to its workers),
+``objective`` (one trial), ``worker`` (taking trials, the worker loop, worker
+processes), ``promotion`` (multi-fidelity), ``launch`` (``run``), ``retrain``,
+``retrain_protocol`` (the paper rule, retrain labels), ``results`` (a study read
+once, merged records, tables, the one summary every command prints), ``pareto``
+(non-dominated sorting, crowding, hypervolume and its history, Kendall's tau),
+``dashboard`` (the page), ``page_sections``, ``figures``, ``space_plots``,
 ``sortable_table`` and ``page_script`` (its sections, plots, importance and parallel
 coordinates, tables, style and script), ``export``.
+
+Importing ``studies`` loads only what reading a study needs (``storage``,
+``results``); the rest, which brings torch, loads on first use of its names, so
+``search.py show`` starts without torch.
 
 May import: ``models``, ``search_space``, ``trainers``, optuna, pandas, plotly.
 Study databases and results live in the data home (``./studies-data`` or
@@ -30,25 +37,53 @@ Study databases and results live in the data home (``./studies-data`` or
 """
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+
 import optuna
 import pandas as pd
 
-from .config import RunOptions, StudySettings
-from .dashboard import dashboard
-from .export import export, export_dir
-from .launch import run
-from .results import (crowding_distance, distinct, fidelity_results, front, hypervolume, kendall_tau, lineage_counts,
-                      memory_key, nondominated_ranks, pareto_mask, pareto_numbers, pareto_set, rank_for_promotion,
-                      retrain_results, spec_of, summary, summary_lines, trials_table, trials_with_results)
-from .retrain import REACH, retrain, retrain_table
-from .storage import StorageError, data_home, default_url, open_existing, redact_url, resolve_url, storage_errors
-from .worker import quiet_optuna
+from .results import (Snapshot, crowding_distance, distinct, fidelity_results, front, hypervolume, kendall_tau,
+                      lineage_counts, memory_key, nondominated_ranks, pareto_mask, pareto_numbers, pareto_set,
+                      rank_for_promotion, retrain_results, spec_of, summary, summary_lines, trials_table,
+                      trials_with_results)
+from .retrain_protocol import REACH
+from .storage import (StorageError, data_home, default_url, open_existing, quiet_optuna, redact_url, resolve_url,
+                      storage_errors)
 
-__all__ = ["RunOptions", "StorageError", "StudySettings", "crowding_distance", "dashboard", "data_home",
-           "default_url", "distinct", "export", "export_dir", "fidelity_results", "hypervolume", "kendall_tau", "lineage_counts",
-           "memory_key", "nondominated_ranks", "open_study", "pareto_mask", "pareto_numbers", "pareto_set",
-           "rank_for_promotion", "redact_url", "resolve_url", "retrain", "retrain_results", "retrains", "run", "show",
-           "spec_of", "summary", "summary_lines", "trials_table", "trials_with_results"]
+__all__ = ["RunOptions", "Snapshot", "StorageError", "StudySettings", "crowding_distance", "dashboard", "data_home",
+           "default_url", "distinct", "export", "export_dir", "fidelity_results", "hypervolume", "kendall_tau",
+           "lineage_counts", "memory_key", "nondominated_ranks", "open_study", "pareto_mask", "pareto_numbers",
+           "pareto_set", "rank_for_promotion", "read_study", "redact_url", "resolve_url", "retrain", "retrain_results",
+           "retrains", "run", "show", "spec_of", "summary", "summary_lines", "trials_table", "trials_with_results"]
+
+# names whose modules import torch (models, trainers): loaded on first use
+_LAZY = {"RunOptions": "config", "StudySettings": "config", "dashboard": "dashboard", "export": "export",
+         "export_dir": "export", "run": "launch", "retrain": "retrain"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """``studies.retrain``, ``studies.export`` and ``studies.dashboard`` are the functions, as
+    they were when this package imported everything at once: importing one of the modules of
+    those names (``from studies.retrain import ...``) must not rebind the package's name to the
+    module, which Python's import system does unless the package refuses."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in _LAZY and _LAZY[name] == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def open_study(name: str, storage: str | None = None) -> optuna.Study:
@@ -59,12 +94,22 @@ def open_study(name: str, storage: str | None = None) -> optuna.Study:
         return open_existing(name, storage).study()
 
 
+def read_study(name: str, storage: str | None = None) -> Snapshot:
+    """An existing study read once (:class:`~studies.results.Snapshot`: its trials, without
+    their sampled parameters, and attributes; the merged records, table and summary worked
+    out once)."""
+    quiet_optuna()
+    with storage_errors(resolve_url(name, storage)):
+        store = open_existing(name, storage)
+        snap = Snapshot(store.study(), store.read_trials())
+        snap.table()
+    return snap
+
+
 def show(study: str, storage: str | None = None, *, pareto: bool = False) -> pd.DataFrame:
     """The trials table of ``study`` (every column; :func:`studies.results.trials_table`),
     or with ``pareto`` its Pareto set, most accurate first."""
-    st = open_study(study, storage)
-    with storage_errors(resolve_url(study, storage)):
-        table = trials_table(st)
+    table = read_study(study, storage).table()
     if pareto:
         return front(table)
     return table
@@ -75,6 +120,7 @@ def retrains(study: str, storage: str | None = None, *, reach=REACH) -> pd.DataF
     (:func:`studies.retrain.retrain_table`): protocol and epochs, overrides, status, test
     accuracy, the epochs it took to reach each accuracy of ``reach`` (001 Table 4) and the
     test accuracy after every epoch."""
+    from .retrain import retrain_table  # noqa: PLC0415 - torch (see _LAZY)
     st = open_study(study, storage)
     with storage_errors(resolve_url(study, storage)):
         return retrain_table(st, reach)

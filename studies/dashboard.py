@@ -41,8 +41,8 @@ from .objective import scheme_label
 from .page_script import PAGE_CSS, PAGE_JS, STATE_JS
 from .page_sections import Plots, as_json, network_panel, retrain_hint, rungs_text
 from .retrain_protocol import describe_retrain
-from .results import (budget_text, counts_text, fidelity_results, finite, first_line, hypervolume_history,
-                      lineage_counts, plural, scored, spec_of, summary, trials_table, trials_with_results)
+from .results import (Snapshot, budget_text, counts_text, fidelity_results, finite, first_line, hypervolume_history,
+                      lineage_counts, plural, scored, snapshot, spec_of, summary, trials_table, trials_with_results)
 from .sortable_table import TABLE_CSS, TABLE_JS, csv_link, filters_html, front_table_html, table_html
 from .storage import data_home, open_existing, redact_url, resolve_url, storage_errors
 from .worker import TARGET_ATTR
@@ -203,6 +203,7 @@ def build_dashboard(study, storage_url: str | None = None, refresh: int | None =
     between the page's reloads while the study runs (``dashboard --watch``).
     """
     read_at = datetime.now(timezone.utc)
+    study = snapshot(study)                # read once; every part below works from it
     merged = trials_with_results(study)
     table = trials_table(study, merged)
     stats = summary(study, table, merged)
@@ -371,7 +372,9 @@ def dashboard(study: str, storage: str | None = None, out: str | Path | None = N
         store = open_existing(study, storage)
         try:
             while True:
-                info = write_dashboard(store.study(), out, store.url, refresh=watch)
+                # read once per page, with the sampled parameters (the space explored); through
+                # the process's cache of the trials, so that --watch reads only what changed
+                info = write_dashboard(Snapshot(store.study()), out, store.url, refresh=watch)
                 if say:
                     say(info)
                 if not watch or not info["in_progress"]:

@@ -42,7 +42,7 @@ from models import ArchSpec, SpecError
 
 from .config import StudySettings, data_title
 from .objective import load_data
-from .results import finite, first_line, pareto_numbers, plural, trials_with_results
+from .results import Snapshot, finite, first_line, pareto_numbers, plural, snapshot, trials_with_results
 from .retrain_protocol import epochs_text
 from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
@@ -68,6 +68,7 @@ def select_trial(study, number: int | None = None):
     ``rule`` is a phrase for the model card. Raises a one-line ValueError when
     there is nothing to export.
     """
+    study = snapshot(study)
     name = study.study_name
     trials = trials_with_results(study)
     if number is not None:
@@ -297,7 +298,7 @@ def export(study: str, out: str | Path | None = None, *, trial: int | None = Non
     with storage_errors(resolve_url(study, storage)):
         store = open_existing(study, storage)
         try:
-            st = store.study()
+            st = Snapshot(store.study(), store.read_trials())      # read once: the choice and the card share it
             record, rule = select_trial(st, trial)
             return export_trial(st, record, out, rule=rule, force=force, device=device, storage_url=store.url)
         finally:

@@ -2,6 +2,14 @@
 hypervolume, trial counts, the one summary every command prints, and the results files a
 run or a retrain leaves behind.
 
+**Read once.** A :class:`Snapshot` is a study read once: its trials (one read, through
+the process's cache of them) and its user attributes, with the merged records, the table
+and the summary worked out once and kept. Every reader here takes a study or a snapshot;
+``show``, ``dashboard``, ``export``, the retrain's selection and ``run``'s results files
+hand them a snapshot, so a command reads the study once whatever it prints. Nothing here
+compares all pairs of trials: the front, the ranks and the hypervolume are sweeps
+(:mod:`studies.pareto`), O(n log n) in the number of trials.
+
 Optuna refuses to change a finished trial, so what happens to a trial
 *after* it finished - promotion to a longer proxy (multi-fidelity) and the
 full retrain - is stored in the study's user attributes, one key per result
@@ -28,19 +36,17 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Any
 
-import optuna
 import pandas as pd
 from optuna.trial import TrialState
-
-from models import ArchSpec
 
 from .pareto import (crowding_distance, hypervolume, hypervolume_trace, kendall_tau, nondominated_ranks, pareto_mask,
                      rank_for_promotion)
 from .retrain_protocol import describe_retrain
 from .storage import data_home
 
-__all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "finite", "first_line",
+__all__ = ["Snapshot", "budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "finite", "first_line",
            "front", "hypervolume", "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key",
            "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "plural", "rank_for_promotion",
            "results_dir", "retrain_results", "scored", "spec_of", "summary", "summary_lines", "trials_table",
@@ -48,6 +54,64 @@ __all__ = ["budget_text", "counts_text", "crowding_distance", "distinct", "fidel
 
 FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
 RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
+
+
+# --------------------------------------------------------------------------
+# a study read once
+# --------------------------------------------------------------------------
+
+class Snapshot:
+    """A study read once: its trials and user attributes as of one moment, and what the
+    readers work out from them (:meth:`merged`, :meth:`table`, :meth:`summary`), each
+    once. It answers what the readers ask of an ``optuna.Study`` (``study_name``,
+    ``user_attrs``, ``directions``, ``get_trials``, ``trials``) without reading again;
+    ``study`` is the live study.
+
+    ``trials``: the trials when the caller has read them, e.g. :meth:`Store.read_trials
+    <studies.storage.Store.read_trials>`, which leaves the parameters out (the commands'
+    snapshots: no reader of results looks at a trial's sampled parameters, its network
+    is its ``spec``); otherwise ``study.get_trials()``."""
+
+    def __init__(self, study, trials: list | None = None):
+        self.study = study
+        self.study_name: str = study.study_name
+        self.directions = study.directions
+        self.user_attrs: dict[str, Any] = study.user_attrs
+        self._trials = study.get_trials(deepcopy=False) if trials is None else list(trials)
+        self._merged: list | None = None
+        self._table: pd.DataFrame | None = None
+        self._summary: dict | None = None
+
+    def get_trials(self, deepcopy: bool = False, states=None) -> list:
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    @property
+    def trials(self) -> list:
+        return list(self._trials)
+
+    def merged(self) -> list:
+        """:func:`trials_with_results` of this snapshot."""
+        if self._merged is None:
+            self._merged = _merge(self.user_attrs, self._trials)
+        return self._merged
+
+    def table(self) -> pd.DataFrame:
+        """:func:`trials_table` of this snapshot."""
+        if self._table is None:
+            self._table = _table(self.user_attrs, self.merged())
+        return self._table
+
+    def summary(self) -> dict:
+        """:func:`summary` of this snapshot."""
+        if self._summary is None:
+            self._summary = summary(self, self.table(), self._trials)
+        return self._summary
+
+
+def snapshot(study) -> Snapshot:
+    """``study`` read once (itself when it is a :class:`Snapshot` already)."""
+    return study if isinstance(study, Snapshot) else Snapshot(study)
 
 
 # --------------------------------------------------------------------------
@@ -118,9 +182,16 @@ def trials_with_results(study, trials=None) -> list:
     * a FAIL trial without a reason (failed by the heartbeat check) gets
       ``status`` "lost" and a ``fail_reason`` naming its retry.
     """
-    attrs = study.user_attrs
+    if trials is None:
+        return snapshot(study).merged()
+    return _merge(study.user_attrs, trials)
+
+
+def _merge(attrs: dict, trials: list) -> list:
+    """:func:`trials_with_results` over the study's user attributes ``attrs``. Each record is
+    a shallow copy of its trial with new ``user_attrs`` (and ``values``): O(n), nothing of
+    the trials themselves copied or changed."""
     fid, ret = fidelity_results(attrs), retrain_results(attrs)
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
     retried_as = {}
     for t in trials:
         history = t.system_attrs.get("retry_history") or []
@@ -128,7 +199,7 @@ def trials_with_results(study, trials=None) -> list:
             retried_as[int(history[-1])] = t.number
     out = []
     for t in trials:
-        t = copy.deepcopy(t)
+        t = copy.copy(t)
         ua = dict(t.user_attrs)
         if t.state == TrialState.FAIL and not ua.get("fail_reason"):
             # failed by the heartbeat check: its worker died, nothing could be written
@@ -197,8 +268,14 @@ def trials_table(study, merged=None) -> pd.DataFrame:
     fidelity, ``scheme``, ``proxy_seconds``, ``device``, ``retrain_protocol``,
     ``retrain`` (the retrain's protocol and epochs, ``fast 2/40ep``), ``weights_path``, ``retried_from``, ``duplicate_of``, ``spec``, start/end times.
     """
-    mkey = memory_key(study)
-    merged = trials_with_results(study) if merged is None else merged
+    if isinstance(study, Snapshot) and (merged is None or merged is study._merged):
+        return study.table()
+    return _table(study.user_attrs, trials_with_results(study) if merged is None else merged)
+
+
+def _table(attrs: dict, merged: list) -> pd.DataFrame:
+    """:func:`trials_table` of the merged records ``merged``, given the study's user attributes."""
+    mkey = f"{attrs.get('memory', 'inference')}_bytes_per_image"
     rows = []
     for t in merged:
         a = t.user_attrs
@@ -265,8 +342,11 @@ def pareto_numbers(study, merged=None) -> set[int]:
     return set(int(n) for n in pareto_set(study, merged).index)
 
 
-def spec_of(record) -> ArchSpec | None:
+def spec_of(record):
     """The ArchSpec stored on a trial record (``user_attrs['spec']``), or None."""
+    # imported here: models imports torch, which the readers (show: under 3 s at 5,000
+    # trials, imports included) do not otherwise need
+    from models import ArchSpec  # noqa: PLC0415
     text = record.user_attrs.get("spec")
     if not text:
         return None
@@ -328,9 +408,10 @@ def hypervolume_history(table: pd.DataFrame, events=None) -> list[tuple[int, flo
     ref = float(done["memory"].max()) * 1.1
     if events is None:
         events = list(zip(done.index, done["val_accuracy"]))
-    events = [(int(n), float(a)) for n, a in events if int(n) in done.index]
+    mem = dict(zip(done.index.tolist(), done["memory"].astype(float).tolist()))
+    events = [(int(n), float(a)) for n, a in events if int(n) in mem]
     numbers = [n for n, _ in events]
-    mem = done["memory"].astype(float)
+    # one pass, O(n log n) for n scores (a replaced score: see pareto.hypervolume_trace)
     return list(zip(numbers, hypervolume_trace(numbers, [a for _, a in events], [mem[n] for n in numbers], ref)))
 
 
@@ -351,6 +432,7 @@ def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
     """
     table = trials_table(study) if table is None else table
     trials = study.get_trials(deepcopy=False) if trials is None else trials
+    attrs = study.user_attrs
     done = scored(table)
     dups = table[table["duplicate_of"].notna() & (table["state"] == "COMPLETE")]
     on_front = front(done)
@@ -359,7 +441,7 @@ def summary(study, table: pd.DataFrame | None = None, trials=None) -> dict:
     epochs = done["proxy_epochs"].dropna().astype(int)
     return {
         "study": study.study_name,
-        "memory": study.user_attrs.get("memory", "inference"),
+        "memory": attrs.get("memory", "inference"),
         "trials": lineage_counts(trials),
         "networks": int(len(done)),
         "duplicates": [int(n) for n in dups.index],
@@ -424,15 +506,17 @@ def results_dir(name: str) -> Path:
     return data_home() / "results" / name
 
 
-def write_results(study: optuna.Study) -> tuple[Path, dict]:
+def write_results(study) -> tuple[Path, dict]:
     """``results/NAME/trials.csv`` (the show table, all columns) and ``summary.json``
     (:func:`summary` and the study's settings) in the data home, rewritten by every
-    ``run`` and ``retrain``; returns the folder and the summary."""
-    out = results_dir(study.study_name)
+    ``run`` and ``retrain``; returns the folder and the summary. ``study``: a study or
+    a :class:`Snapshot` of it."""
+    snap = snapshot(study)
+    out = results_dir(snap.study_name)
     out.mkdir(parents=True, exist_ok=True)
-    df = trials_table(study)
+    df = snap.table()
     df.to_csv(out / "trials.csv")
-    s = summary(study, df)
-    s["settings"] = {k: v for k, v in study.user_attrs.items() if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))}
+    s = dict(snap.summary())
+    s["settings"] = {k: v for k, v in snap.user_attrs.items() if not k.startswith((FIDELITY_PREFIX, RETRAIN_PREFIX))}
     (out / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
     return out, s

@@ -36,7 +36,7 @@ from .claims import worker_name
 from .config import StudySettings, data_title
 from .objective import load_data, network_spec
 from .results import Snapshot, pareto_numbers, retrain_results, snapshot, trials_with_results, write_results
-from .retrain_protocol import (PAPER, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
+from .retrain_protocol import (PAPER, REACH, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
                                retrain_label, retrain_protocols)
 from .storage import Store, data_home, open_existing, resolve_url, storage_errors
 
@@ -218,9 +218,6 @@ def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, 
     (folder / "result.json").write_text(json.dumps({**entry, "history": r.history}, indent=2, default=str) + "\n")
     study.set_user_attr(f"retrain:{t.number}:{label}", entry)
     return entry, r
-
-
-REACH = (0.80, 0.85)     # accuracies of 001 Table 4's "epochs to reach" rows
 
 
 def epochs_to_reach(per_epoch: list, accuracy: float) -> int | None:

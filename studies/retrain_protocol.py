@@ -9,18 +9,21 @@
   a checkpoint or a record.
 * :func:`describe_retrain` - a stored retrain as ``show`` and the model card
   print it: the protocol and its epochs, a short run called short.
+
+Describing a stored retrain imports no torch (``show`` starts without it): ``trainers``
+and ``models`` are imported where a protocol is looked up or a network's family read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from typing import TYPE_CHECKING
 
-import trainers
-from models import ArchSpec
-from models.networks import family
+if TYPE_CHECKING:
+    from models import ArchSpec
 
-__all__ = ["PAPER", "PAPER_RULE", "check_overrides", "describe_retrain", "epochs_text", "paper_protocol",
+__all__ = ["PAPER", "PAPER_RULE", "REACH", "check_overrides", "describe_retrain", "epochs_text", "paper_protocol",
            "protocol_epochs", "retrain_label", "retrain_protocols"]
 
 PAPER = "paper"                # the protocol name that chooses per network
@@ -36,6 +39,14 @@ _NOT_OVERRIDABLE = {"epochs": "use --epochs (it also scales a multistep protocol
                     "score_on": "a retrain scores on the test split"}
 _LABEL_SAFE = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
 _LABEL_MAX = 80                # characters of the overrides part before it is hashed
+REACH = (0.80, 0.85)           # accuracies of 001 Table 4's "epochs to reach" rows (show --retrains)
+
+
+def _protocols() -> dict:
+    """``trainers.PROTOCOLS``; imported here, not at the top: ``trainers`` brings torch, which
+    describing a stored retrain (``show``) does not need."""
+    import trainers  # noqa: PLC0415
+    return trainers.PROTOCOLS
 
 
 def paper_protocol(spec: ArchSpec, dataset: str = "cifar10") -> str:
@@ -51,6 +62,7 @@ def paper_protocol(spec: ArchSpec, dataset: str = "cifar10") -> str:
     trains LM-ResNets that drop blocks 500 epochs instead of 160, so any network that
     drops blocks takes that protocol (RKCNN periods cannot drop).
     """
+    from models.networks import family  # noqa: PLC0415 - torch (see _protocols)
     fam = family(spec)
     if fam == "rkcnn":
         return "rkcnn-svhn" if dataset == "svhn" else "rkcnn"
@@ -61,12 +73,12 @@ def paper_protocol(spec: ArchSpec, dataset: str = "cifar10") -> str:
 
 def retrain_protocols() -> list[str]:
     """The protocols ``retrain`` accepts: every trainer protocol but the proxy, and ``paper``."""
-    return [k for k in trainers.PROTOCOLS if k != "proxy"] + [PAPER]
+    return [k for k in _protocols() if k != "proxy"] + [PAPER]
 
 
 def protocol_epochs(protocol: str) -> int | None:
     """The full length of ``protocol`` in epochs (None for ``paper`` or an unknown name)."""
-    p = trainers.PROTOCOLS.get(protocol)
+    p = _protocols().get(protocol)
     return int(p["epochs"]) if p else None
 
 
@@ -81,6 +93,7 @@ def check_overrides(hparams: dict | None, protocol: str = "fast") -> dict:
     for key, why in _NOT_OVERRIDABLE.items():
         if key in hparams:
             raise ValueError(f"--hparams: {key} cannot be overridden here; {why}")
+    import trainers  # noqa: PLC0415 - torch (see _protocols)
     try:
         trainers.protocol_hparams("fast" if protocol == PAPER else protocol, hparams=hparams)
     except ValueError as e:
@@ -96,7 +109,7 @@ def retrain_label(protocol: str, epochs: int | None = None, overrides: dict | No
     ``+h<10 hex digits>`` of their JSON. Without overrides the label is what it always was,
     so older retrains are found."""
     label = protocol if epochs is None else f"{protocol}-{int(epochs)}ep"
-    base = trainers.PROTOCOLS.get(protocol, {})
+    base = _protocols().get(protocol, {})
     changed = {k: v for k, v in sorted((overrides or {}).items()) if k not in base or base[k] != v}
     if not changed:
         return label
