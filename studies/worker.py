@@ -101,7 +101,11 @@ def _take_trial(session: Session) -> tuple[int, bool] | None:
             return None
         trial_id = store.storage.create_new_trial(store.study_id, create_trial(
             state=TrialState.RUNNING, user_attrs={"ticket": True, "worker": session.owner}))
-        return trial_id, False
+    # read once more, so that this process's trial cache knows the new trial: Optuna's cache
+    # takes a parameter only for a trial it has read (a sampler that reads nothing first, or a
+    # fixed parameter, would meet a KeyError)
+    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return trial_id, False
 
 
 def _retry(study: optuna.Study, number: int, max_retry: int) -> None:

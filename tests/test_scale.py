@@ -269,6 +269,23 @@ def test_the_sampler_sees_trials_finished_while_it_waited_on_another_thread(tmp_
     store.close()
 
 
+def test_a_new_trial_is_known_to_the_workers_cache(tmp_path):
+    """A trial created under the ticket lock can take parameters at once, even from a sampler
+    that reads no trials before it suggests (Optuna's cache maps only trials it has read)."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    store = open_store("new", url, create=True, owner="h:1")
+    study = store.create_study(["maximize", "minimize"])
+    settings = StudySettings.from_options(studies.RunOptions(study="new", trials=2, **TINY), "cpu")
+    settings.save(study)
+    study.set_user_attr(worker.TARGET_ATTR, 2)
+    session = Session.resolve(store, settings, "cpu")
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
+    taken = worker._Taken(session, *worker._take_trial(session))
+    assert 0 <= taken.trial.suggest_int("x", 0, 3) <= 3 and taken.trial.user_attrs["ticket"]
+    taken.close()
+    store.close()
+
+
 def test_claims_are_an_interface_with_an_rdb_implementation(tmp_path):
     assert {m for m in Claims.__abstractmethods__} == {"try_claim", "holder", "beat", "finish", "release", "rows"}
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'claims.db'}")
