@@ -252,8 +252,10 @@ from models import ArchSpec
 name, url, extra, template = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 base = ArchSpec.from_json(template["spec"])
-seeds = itertools.count(10_000)
-rng = random.Random(0)
+have = studies.lineage_counts(optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False))["total"]
+# a new network for every trial, in every run on the study: none is a duplicate of an earlier one
+seeds = itertools.count(1_000_000 + 1000 * have)
+rng = random.Random(have)
 # stand-ins for the network's CPU work and the proxy: a real trial's figures, at once
 objective.solve_widths = lambda spec, budget, tol: dataclasses.replace(base, name=spec.name, seed=next(seeds))
 objective.measure = lambda net, shape: dict(template["measure"])
@@ -304,7 +306,6 @@ def logged(self, *a, **k):
     return r
 optuna.Study.tell = logged
 
-have = studies.lineage_counts(optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False))["total"]
 t0 = time.perf_counter()
 studies.run(name, have + extra, storage=url, device="cpu", progress=False, say=lambda m: None)
 total = time.perf_counter() - t0
@@ -314,7 +315,8 @@ sampler = [b[1] - a[1] for a, b in zip(steady, steady[1:])]
 cpu = [b[3] - a[3] for a, b in zip(steady, steady[1:])]
 sampler_cpu = [b[4] - a[4] for a, b in zip(steady, steady[1:])]
 per = {k: (steady[-1][2][k] - steady[0][2][k]) / max(1, len(gaps)) for k in count}
-print(json.dumps({"trials_added": len(tells), "run_seconds": round(total, 2),
+dups = sum("duplicate_of" in t.user_attrs for t in optuna.load_study(study_name=name, storage=url).trials[have:])
+print(json.dumps({"trials_added": len(tells), "duplicates": dups, "run_seconds": round(total, 2),
                   "median_seconds": round(statistics.median(gaps), 4), "mean_seconds": round(statistics.mean(gaps), 4),
                   "sampler_median_seconds": round(statistics.median(sampler), 4),
                   "sampler_mean_seconds": round(statistics.mean(sampler), 4),
