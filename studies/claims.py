@@ -20,7 +20,7 @@ import time
 
 import sqlalchemy as sa
 
-__all__ = ["Beating", "Claims", "RDBClaims", "owner_is_dead", "worker_name"]
+__all__ = ["Beating", "Claims", "RDBClaims", "local_process", "owner_is_dead", "worker_name"]
 
 
 def worker_name() -> str:
@@ -28,19 +28,30 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def owner_is_dead(owner: str) -> bool:
-    """True when ``owner`` (``host:pid``) is a process of this machine that no longer exists;
-    a process elsewhere cannot be checked, so it is never called dead here."""
+def local_process(owner: str) -> bool | None:
+    """Whether ``owner`` (``host:pid``) is a live process of this machine: True, False (gone, or
+    a killed child its parent has not reaped yet), or None for another machine's process,
+    which cannot be checked from here."""
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return False
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:      # alive, another user's
         return False
-    return False
+    except PermissionError:      # alive, another user's
+        return True
+    try:                         # a zombie still answers a signal; /proc tells (Linux)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` (``host:pid``) is a process of this machine that no longer exists;
+    a process elsewhere cannot be checked, so it is never called dead here."""
+    return local_process(owner) is False
 
 
 class Claims(abc.ABC):

@@ -43,7 +43,7 @@ import torch
 from optuna.trial import TrialState, create_trial
 
 from . import objective
-from .claims import Beating
+from .claims import Beating, local_process
 from .config import RunOptions
 from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
@@ -51,7 +51,7 @@ from .results import lineage_counts
 from .session import Session
 from .storage import DEFAULT_GRACE_FACTOR, is_storage_failure, quiet_optuna, storage_errors
 
-__all__ = ["TARGET_ATTR", "make_sampler", "quiet_optuna", "run_workers", "work"]
+__all__ = ["TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers", "work"]
 
 TARGET_ATTR = "trials"       # study user attr: the number of trial lineages the study should hold
 
@@ -75,6 +75,20 @@ def fresh_history(study: optuna.Study) -> None:
     nothing emptied the list, and TPE kept the history of that thread's first trial for good
     (its start-up count too). So the list is emptied before each trial, on its thread."""
     study._thread_local.cached_all_trials = None
+
+
+def fail_stale_trials(session: Session) -> None:
+    """Optuna's stale-trial check (a RUNNING trial whose heartbeat has been silent for the grace
+    period is failed and retried), except that a trial whose worker is a live process of this
+    machine is not stale: its heartbeat is renewed first. On an overloaded machine a heartbeat
+    thread can go seconds without the CPU; a process that exists is still running its trial
+    (Ctrl-C fails it itself). A dead process here, or any process elsewhere, is judged by its
+    heartbeat alone."""
+    store, study = session.store, session.study
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if local_process(t.user_attrs.get("worker") or ""):
+            store.storage.record_heartbeat(store.trial_id(t.number))
+    optuna.storages.fail_stale_trials(study)
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +275,7 @@ def _work(session: Session, opts: RunOptions, say, bar) -> dict:
             if time.monotonic() - checked >= cfg.heartbeat_interval:
                 with store.claims.lock(f"{cfg.uid}:stale-lock"):
                     # one process at a time: on SQLite two could both fail (and re-queue) one trial
-                    optuna.storages.fail_stale_trials(study)
+                    fail_stale_trials(session)
                 checked = time.monotonic()
             item = pending.result() if pending is not None else next_work()
             pending = None

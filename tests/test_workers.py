@@ -1,5 +1,6 @@
 """Several workers on one study: exactly N trials, and a SIGKILLed worker's
-trial failed by heartbeat, retried and finished - on SQLite and on PostgreSQL.
+trial failed by heartbeat, retried and finished, while a live worker's trial is never
+failed for a late heartbeat - on SQLite and on PostgreSQL.
 
 PostgreSQL tests are marked ``postgres`` and need ``STACKNAS_PG_URL`` (a database the
 tests may create studies in, e.g. ``postgresql://postgres@127.0.0.1:5432/stacknas``);
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,3 +179,40 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_a_rerun_finishes(tmp_path):
     finish(launch(url, name, n, home=tmp_path))
     c = lineage_counts(trials_of(url, name))
     assert c["finished"] == c["total"] == n and c["retried"] == 1
+
+
+def test_the_stale_check_spares_a_live_worker_of_this_machine(storage):
+    """Three RUNNING trials whose heartbeats went silent past the grace period (as a loaded
+    machine can starve a heartbeat thread): the one whose worker is a live process here is
+    not failed, its heartbeat renewed; the ones of a dead process here and of a process on
+    another machine are failed and retried."""
+    from optuna.trial import TrialState, create_trial
+
+    from studies.config import RunOptions, StudySettings
+    from studies.session import Session
+    from studies.storage import open_store
+    from studies.worker import fail_stale_trials
+
+    url, name = storage
+    store = open_store(name, url, create=True, owner=f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        study = store.create_study(["maximize", "minimize"])
+        options = RunOptions(study=name, trials=3, budget="60k", synthetic=True, heartbeat=1)
+        settings = StudySettings.from_options(options, "cpu")
+        settings.save(study)
+        session = Session.resolve(store, settings, "cpu")
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        workers = [f"{socket.gethostname()}:{os.getpid()}", f"{socket.gethostname()}:{dead.pid}", "elsewhere:4242"]
+        for w in workers:
+            trial_id = store.storage.create_new_trial(store.study_id, create_trial(
+                state=TrialState.RUNNING, user_attrs={"ticket": True, "worker": w}))
+            store.storage.record_heartbeat(trial_id)
+        time.sleep(3 * 1 + 1.5)                        # past the grace period of 3 beats of 1 s
+        fail_stale_trials(session)
+        trials = trials_of(url, name)
+        assert [t.state.name for t in trials[:3]] == ["RUNNING", "FAIL", "FAIL"]
+        assert sorted(t.system_attrs.get("failed_trial") for t in trials[3:]) == [1, 2]
+        assert all(t.state.name == "WAITING" for t in trials[3:])
+    finally:
+        store.close()
