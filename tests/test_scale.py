@@ -152,14 +152,24 @@ def test_sampling_writes_are_held_and_written_in_one_transaction(tmp_path):
     store.close()
 
 
+_TRIAL_TABLES = {"trials", "trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
+                 "trial_heartbeats", "trial_intermediate_values"}
+
+
 def test_a_trials_results_take_a_few_transactions(home):
-    """A whole study of 3 trials: each trial's attributes arrive in at most 3 transactions
-    (created with its ticket, prepared, trained), its parameters in one, its state in one
-    (Optuna writes one transaction per attribute and per parameter)."""
+    """A whole study of 4 trials. A trained trial's rows are written in 6 transactions: created
+    RUNNING with its ticket and worker, its first heartbeat, its sampled parameters, its
+    measurements (with its budget constraint), its proxy's figures, its state and values; a
+    pruned one or a duplicate (nothing trained) in 5, a failed one in 7 (its reason apart).
+    (Optuna writes one transaction per attribute and per parameter: about 45 a trial.) Taking
+    the trial under the ticket lock adds 2 transactions of the claims table."""
     with _Writes() as w:
-        counts = studies.run("batched", 3, seed=4, say=lambda m: None, **TINY)
+        counts = studies.run("batched", 4, seed=4, say=lambda m: None, **TINY)
     trials = studies.open_study("batched").get_trials()
-    assert counts["finished"] == 3 and any(t.state == TrialState.COMPLETE for t in trials)
+    assert counts["finished"] == 4 and any(t.state == TrialState.COMPLETE for t in trials)
+    writes = {TrialState.COMPLETE: 6, TrialState.PRUNED: 5, TrialState.FAIL: 7}
+    want = sum(5 if "duplicate_of" in t.user_attrs else writes[t.state] for t in trials)
+    assert sum(bool(tables & _TRIAL_TABLES) for tables in w.transactions) == want
     n = len(trials)
     assert w.touching("trial_user_attributes") <= 3 * n
     assert w.touching("trial_params") <= n
@@ -170,17 +180,25 @@ def test_a_trials_results_take_a_few_transactions(home):
 _DIE = r"""
 import os, sys
 import studies, studies.rdb as rdb
-marker = sys.argv[3]
+marker, presets = sys.argv[3], sys.argv[4:]
 write = rdb.BulkRDBStorage.set_trial_attrs
 def dying(self, trial_id, user_attrs=None, system_attrs=None):
     write(self, trial_id, user_attrs, system_attrs)
-    if marker in (user_attrs or {}):
-        os._exit(9)                              # the worker dies right after this write
+    # the worker dies right after this write: the one that wrote attribute `marker`, or for
+    # "params" the first one without attributes (the sampled parameters held while sampling)
+    if marker in (user_attrs or {}) or (marker == "params" and not user_attrs):
+        os._exit(9)
 rdb.BulkRDBStorage.set_trial_attrs = dying
-studies.run(sys.argv[1], 1, storage=sys.argv[2], enqueue_presets=["resnet-20"], heartbeat=1, say=print,
+studies.run(sys.argv[1], 1, storage=sys.argv[2], enqueue_presets=presets or None, heartbeat=1, say=print,
             budget="60k", tolerance=0.1, synthetic=True, synthetic_images=64, synthetic_image_size=8,
             proxy_hparams={"batch_size": 32}, device="cpu", rungs=1, progress=False)
 """
+
+
+def _die(name: str, url: str, after: str, *presets: str) -> None:
+    p = subprocess.run([sys.executable, "-c", _DIE, name, url, after, *presets], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 9, p.stdout + p.stderr
 
 
 @pytest.mark.parametrize("after", ["spec", "val_accuracy"])
@@ -190,9 +208,7 @@ def test_a_worker_dying_between_its_writes_leaves_nothing_half_written(home, tmp
     RUNNING, readers count it as no network, and the next worker fails it as lost and
     retries it to completion; no COMPLETE trial ever lacks what a reader needs."""
     url, name = f"sqlite:///{tmp_path / 'die.db'}", "die-" + after.replace("_", "")
-    p = subprocess.run([sys.executable, "-c", _DIE, name, url, after], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 9, p.stdout + p.stderr
+    _die(name, url, after, "resnet-20")
     dead = studies.read_study(name, url)
     (t,) = dead.get_trials()
     assert t.state == TrialState.RUNNING and after in t.user_attrs
@@ -211,6 +227,23 @@ def test_a_worker_dying_between_its_writes_leaves_nothing_half_written(home, tmp
     assert all(k in retry.user_attrs for k in ("spec", "architecture", "val_accuracy", "inference_bytes_per_image",
                                                "proxy_seconds", "status"))
     assert snap.summary()["networks"] == 1 and snap.summary()["pareto"] == [retry.number]
+
+
+def test_a_worker_dying_after_the_sampled_parameters_leaves_them_to_its_retry(home, tmp_path):
+    """Killed right after the first write of a sampled trial's own (its parameters, held while
+    TPE sampled them): the trial is RUNNING with its parameters and nothing else, no network;
+    its retry takes the same parameters and finishes."""
+    url, name = f"sqlite:///{tmp_path / 'die.db'}", "die-params"
+    _die(name, url, "params")
+    (t,) = studies.open_study(name, url).get_trials()
+    assert t.state == TrialState.RUNNING and t.params and "spec" not in t.user_attrs
+    assert studies.read_study(name, url).summary()["networks"] == 0
+
+    studies.run(name, 1, storage=url, heartbeat=1, device="cpu", progress=False, say=lambda m: None)
+    lost, retry = studies.open_study(name, url).get_trials()
+    assert lost.state == TrialState.FAIL and retry.system_attrs["failed_trial"] == lost.number
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.params == lost.params
+    assert "spec" in retry.user_attrs and retry.user_attrs["status"] in ("ok", "infeasible")
 
 
 def test_run_resolves_one_session_that_its_workers_take(home, monkeypatch):
