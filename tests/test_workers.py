@@ -159,15 +159,18 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_a_rerun_finishes(tmp_path):
     parameters; the same command run again finishes the requested total."""
     url, name, n = f"sqlite:///{tmp_path / 'int.db'}", "interrupted", 3
     p = launch(url, name, n, env=slow_trials(tmp_path, "1", 60), home=tmp_path)
-    deadline = time.time() + 120
+    deadline = time.time() + 240                     # a loaded 2-core machine: imports alone take 10 s
     while time.time() < deadline and p.poll() is None:
         time.sleep(0.5)
         try:
             t1 = [t for t in trials_of(url, name) if t.number == 1]
         except Exception:  # noqa: BLE001 - the study may not exist yet
             continue
-        if t1 and t1[0].state.name == "RUNNING" and t1[0].params:
+        if t1 and t1[0].state.name == "RUNNING" and t1[0].params:   # sampled: in its slow part now
             break
+    else:                                            # not a Ctrl-C at some other moment: say so
+        p.kill()
+        pytest.fail(f"trial 1 never reached its slow part:\n{p.communicate()[0]}")
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
