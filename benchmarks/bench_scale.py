@@ -38,6 +38,11 @@ load average beside every figure (a shared 2-core machine is noisy) and provenan
 
     python benchmarks/bench_scale.py --trials 50 1000 5000 \\
         --code before=/tmp/before --code after=.
+
+``--report FILE`` prints a saved result as a table against the targets (at the largest N:
+``dashboard`` under 10 s and ``show`` under 3 s wall, imports included; a ``run`` with
+nothing to do under 3 s above its imports; every command at most 6x from the second largest
+N to the largest; the per-trial overhead flat from the smallest N to the largest).
 """
 from __future__ import annotations
 
@@ -363,6 +368,70 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+# (key, label, what is compared, target at the largest N in seconds or None)
+_ROWS = [("show", "show, wall s incl. imports", "seconds", 3.0),
+         ("dashboard", "dashboard, wall s incl. imports", "seconds", 10.0),
+         ("run_nothing_to_do", "run, nothing to do: s above imports", "above_imports", 3.0),
+         ("per_trial", "per-trial overhead, median s", "median_seconds", None),
+         ("per_trial", "  of it TPE sampling, median s", "sampler_median_seconds", None),
+         ("per_trial", "  the rest, median CPU s", "rest_cpu_median_seconds", None)]
+GROWTH_LIMIT = 6.0           # largest N over the second largest, every command
+FLAT_LIMIT = 1.5             # per-trial overhead, largest N over the smallest: "flat"
+
+
+def report(path: str) -> str:
+    """A saved result as a markdown table per storage: each figure before and after at every N,
+    the growth between the two largest N, the target and whether the after figure meets it."""
+    record = json.loads(Path(path).read_text())
+    res = record["results"]
+    out = [f"`{path}`: commit {record['provenance'].get('git_commit')}, load average "
+           f"{record['provenance'].get('load_average_start')} at the start, "
+           f"{record['provenance'].get('load_average_end')} at the end"]
+    for kind in dict.fromkeys(r["storage"] for r in res):
+        rows = [r for r in res if r["storage"] == kind]
+        sizes = sorted({r["trials"] for r in rows})
+        codes = list(dict.fromkeys(r["code"] for r in rows))
+        fig = {(r["code"], r["trials"]): r for r in rows}
+
+        def value(code, n, key, field):
+            return (fig.get((code, n), {}).get(key) or {}).get(field)
+
+        head = ["", *(f"{c} {n:,}" for c in codes for n in sizes)]
+        if len(sizes) > 1:
+            head += [f"{c} {sizes[-2]:,}→{sizes[-1]:,}" for c in codes]
+        head += ["target", "met (after)"]
+        out += ["", f"**{kind}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, label, field, limit in _ROWS:
+            cells = [label, *(_fmt(value(c, n, key, field)) for c in codes for n in sizes)]
+            growth = {}
+            for c in codes:
+                a, b = value(c, sizes[-2], key, field), value(c, sizes[-1], key, field)
+                growth[c] = b / a if a and b is not None and len(sizes) > 1 else None
+                if len(sizes) > 1:
+                    cells.append("-" if growth[c] is None else f"{growth[c]:.1f}x")
+            after = codes[-1]
+            last = value(after, sizes[-1], key, field)
+            if limit is not None:
+                ok = last is not None and last < limit and (growth[after] or 0) <= GROWTH_LIMIT
+                cells += [f"< {limit:g} s, ≤ {GROWTH_LIMIT:g}x", "yes" if ok else "**no**"]
+            elif field == "median_seconds":
+                first = value(after, sizes[0], key, field)
+                flat = last / first if first and last is not None else None
+                ok = flat is not None and flat <= FLAT_LIMIT and (growth[after] or 0) <= GROWTH_LIMIT
+                cells += [f"flat {sizes[0]:,}→{sizes[-1]:,} (here {'-' if flat is None else f'{flat:.1f}x'}), "
+                          f"≤ {GROWTH_LIMIT:g}x", "yes" if ok else "**no**"]
+            else:
+                cells += ["", ""]
+            out.append("| " + " | ".join(cells) + " |")
+        loads = ", ".join(f"{c} {n:,}: {(fig.get((c, n), {}).get('dashboard') or {}).get('load')}"
+                          for c in codes for n in sizes)
+        out.append(f"\nload average (1, 5, 15 min) after each dashboard: {loads}")
+        writes = ", ".join(f"{c} {n:,}: {(fig.get((c, n), {}).get('per_trial') or {}).get('per_trial', {}).get('write_tx')}"
+                           for c in codes for n in sizes)
+        out.append(f"\nwrite transactions per trial in the overhead run (trials, claims, promotions): {writes}")
+    return "\n".join(out)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, nargs="+", default=[50, 1000, 5000], metavar="N",
@@ -378,7 +447,11 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=1, help="runs of each command (the median is kept)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a command is given up")
     p.add_argument("--work", default=None, help="folder for the databases (default: a temporary one, removed)")
+    p.add_argument("--report", default=None, metavar="FILE", help="print a saved result as a table and stop")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return {}
     codes = {}
     for item in args.code or [f"after={ROOT}"]:
         label, _, path = item.partition("=")
