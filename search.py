@@ -197,7 +197,9 @@ def _display(df: pd.DataFrame, width: int) -> tuple[list[str], list[str], list[s
     cannot fit. A duplicate shows ``dup of N`` and no copied numbers: it is trial N's network."""
     if not len(df):
         return ["(no trials)"], [], []
-    records = df.to_dict("records")          # one pass: iterrows makes a Series per row, for every column
+    # one pass over the columns shown: iterrows makes a Series per row, of every column
+    records = df[[k for k in dict.fromkeys([*(k for k, *_ in _SHOW), "duplicate_of"]) if k in df.columns]
+                 ].to_dict("records")
     cols: dict[str, list[str]] = {}
     for key, _, _, fmt in _SHOW:
         cols[key] = []

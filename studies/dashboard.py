@@ -163,7 +163,7 @@ def measurements(table: pd.DataFrame, study_attrs: dict) -> pd.DataFrame:
     fid = fidelity_results(study_attrs)
     cols = [c for c in done.columns if c.startswith("val_accuracy@")]
     rows = []
-    for n, r in done.iterrows():
+    for n, r in zip(done.index, done.to_dict("records")):      # not iterrows: a Series per row
         accs = {int(c.split("@")[1]): float(r[c]) for c in cols if finite(r[c]) is not None}
         if not accs:   # a study made by other means: its one score
             accs = {int(r["proxy_epochs"]) if finite(r["proxy_epochs"]) is not None else 0: float(r["val_accuracy"])}

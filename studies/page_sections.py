@@ -56,7 +56,7 @@ def network_panel(frame: pd.DataFrame, first: int | None) -> tuple[dict, str, st
     for r in frame.itertuples():
         if r.spec is None:
             continue
-        key = r.spec.to_json()
+        key = r.spec             # a frozen dataclass: equal specs are equal keys, without writing JSON
         if key not in by_spec:
             try:
                 svg[str(len(by_spec))] = network_svg(r.spec, fill=colour, shared=shared)
