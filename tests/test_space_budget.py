@@ -235,19 +235,26 @@ def test_run_help_says_pruned_trials_count_and_the_summary_counts_them_apart(cap
 
 
 @pytest.mark.parametrize("paper_forms", [False, True])
-def test_a_study_samples_within_its_budget_and_its_paper_forms_setting(paper_forms):
+def test_a_study_samples_within_its_budget_and_its_paper_forms_setting(paper_forms, tmp_path):
     """The objective hands the sampler the study's budget, tolerance and ``paper_forms``:
     at 100k (74% of uniform samples pruned before) every trial's network meets it within 2%,
     and the paper form appears only when the study was created with ``--paper-forms``."""
     import optuna
     from studies.config import RunOptions, StudySettings
-    from studies.objective import WorkerContext, spec_for_trial
+    from studies.objective import spec_for_trial
+    from studies.session import Session
+    from studies.storage import open_store
     opts = RunOptions.from_user(study="space", trials=40, budget="100k", synthetic=True, paper_forms=paper_forms)
-    ctx = WorkerContext("space", StudySettings.from_options(opts, "cpu"), device="cpu")
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    store = open_store("space", f"sqlite:///{tmp_path / 'space.db'}", create=True, owner="h:1")
+    study = store.create_study(["maximize", "minimize"])
+    settings = StudySettings.from_options(opts, "cpu")
+    settings.save(study)
+    session = Session.resolve(store, settings, "cpu")
+    study.sampler = optuna.samplers.RandomSampler(seed=1)
     forms = collections.Counter()
     for _ in range(40):
-        spec = spec_for_trial(study.ask(), ctx)
+        spec = spec_for_trial(study.ask(), session)
         assert abs(count_params(spec) - 100_000) <= 2_000, models.describe(spec)
         forms.update(s.form for s in spec.stages if s.scheme in ("midpoint", "rk4"))
     assert forms["butcher"] > 0 and (forms["paper"] > 0) == paper_forms, forms
+    store.close()
