@@ -24,7 +24,7 @@ from .config import RunOptions, StudySettings, check_resume, data_source
 from .objective import forget_data, load_data
 from .results import Snapshot, lineage_counts, write_results
 from .session import Session
-from .storage import Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path, storage_errors
+from .storage import Store, check_url, data_home, open_store, redact_url, resolve_url, storage_errors, storage_file
 from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
@@ -127,9 +127,9 @@ def _run(opts: RunOptions, say) -> dict:
     if opts.storage is None:
         data_home().mkdir(parents=True, exist_ok=True)
     check_url(url, create=True)
-    path = sqlite_path(url)
+    path = storage_file(url)
     # a study being resumed is opened now (its stored data decides what to load); a new SQLite
-    # file is created only once the data is there
+    # file or journal is created only once the data is there
     store = None if path is not None and not path.exists() else open_store(opts.study, opts.storage,
                                                                            owner=worker_name())
     try:

@@ -14,8 +14,11 @@
   read in full once and then incrementally. A malformed URL, a missing driver or
   an unreachable server is a one-line :class:`StorageError`.
 
-Only relational (SQLAlchemy) URLs are accepted: heartbeats, which find a
-killed worker's trial, exist for Optuna's RDB storage only.
+Besides relational (SQLAlchemy) URLs, ``journal:///ABS/PATH/NAME.log`` (Optuna's journal
+file on a shared filesystem, :mod:`studies.journal`) and ``grpc://HOST:PORT?claims=URL``
+(Optuna's gRPC storage proxy, :mod:`studies.grpc_proxy`) open a
+:class:`studies.plain_store.PlainStore`: the same :class:`Store` through Optuna's public
+storage API, its heartbeats kept in the study's claims (neither storage has Optuna's).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from .rdb import BulkRDBStorage
 
 __all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure", "quiet_optuna",
            "storage_errors", "check_name", "data_home", "default_url",
-           "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path"]
+           "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path",
+           "storage_file"]
 
 DEFAULT_GRACE_FACTOR = 3    # a trial silent for this many heartbeat intervals is failed (and retried)
 _CONNECT_TIMEOUT = 10       # seconds to reach a database server
@@ -135,6 +139,8 @@ def _engine_kwargs(url: str) -> dict:
 def check_url(url: str, *, create: bool) -> None:
     """Parse ``url`` and connect once; raise :class:`StorageError` (one line) when that fails.
     A SQLite file that does not exist is created only with ``create``."""
+    if _plain().is_plain(url):
+        return _plain().check_plain(url, create=create)
     shown = redact_url(url)
     url = driver_url(url)
     try:
@@ -180,6 +186,17 @@ def check_url(url: str, *, create: bool) -> None:
                              f"move it aside and restore a copy, or start another study") from None
     finally:
         engine.dispose()
+
+
+def _plain():
+    """:mod:`studies.plain_store`, imported late: it builds on this module's :class:`Store`."""
+    from . import plain_store   # noqa: PLC0415 - a cycle otherwise (plain_store -> storage)
+    return plain_store
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a URL keeps its study in (a SQLite database or a journal), None for a server."""
+    return _plain().storage_file(url) if _plain().is_plain(url) else sqlite_path(url)
 
 
 def _where(url: str) -> str:
@@ -308,6 +325,24 @@ class Store:
         :data:`DEFAULT_GRACE_FACTOR` beats = failed and retried up to ``max_retry`` times)."""
         self.storage.arm_heartbeat(interval, DEFAULT_GRACE_FACTOR * int(interval), stale_trial_callback(max_retry))
 
+    def heartbeat_interval(self) -> int:
+        """Seconds between a running trial's heartbeats (0: none armed)."""
+        return self.storage.get_heartbeat_interval() or 0
+
+    def record_heartbeat(self, number: int) -> None:
+        """A heartbeat of running trial ``number``."""
+        self.storage.record_heartbeat(self.trial_id(number))
+
+    def end_heartbeat(self, number: int) -> None:
+        """Trial ``number`` is told: its heartbeat stops (Optuna's need no clearing)."""
+
+    def fail_stale_trials(self, study: optuna.Study, spare: set[int] = frozenset()) -> None:
+        """Fail (and retry) the RUNNING trials silent for the grace period, but those numbered in
+        ``spare`` (their workers are known alive): their heartbeats are renewed first."""
+        for number in spare:
+            self.record_heartbeat(number)
+        optuna.storages.fail_stale_trials(study)
+
     def close(self) -> None:
         self.claims.close()
         self.storage.engine.dispose()
@@ -323,6 +358,8 @@ def open_store(name: str, storage: str | None = None, *, create: bool = False, h
     times). ``create`` allows a new SQLite file (its folder is created under
     the data home)."""
     url = resolve_url(name, storage)
+    if _plain().is_plain(url):
+        return _plain().open_plain(name, url, create=create, heartbeat=heartbeat, max_retry=max_retry, owner=owner)
     if storage is None and create:
         data_home().mkdir(parents=True, exist_ok=True)
     check_url(url, create=create)
@@ -358,6 +395,8 @@ def list_study_names(url: str | None) -> list[str]:
     study) the names of the files in :func:`data_home`."""
     if url is None:
         return sorted(p.stem for p in data_home().glob("*.db"))
+    if _plain().is_plain(url):
+        return _plain().study_names(url)
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return []

@@ -12,7 +12,8 @@ the processes that run several workers on one machine.
   TPE sampler like any ``study.ask()`` trial.
 * **Heartbeats.** A worker beats for its running trial; a trial silent for
   three beats is failed by the next worker that looks (Optuna's
-  ``fail_stale_trials``) and re-queued with the same parameters, so a
+  ``fail_stale_trials``; on a storage without Optuna's heartbeats, a journal or the gRPC
+  proxy, the same through the study's claims: :mod:`studies.plain_store`) and re-queued with the same parameters, so a
   SIGKILLed worker's trial is retried and finished; Ctrl-C fails the trial as
   "interrupted" and re-queues it the same way.
 * **Promotions first** (:mod:`studies.promotion`), then trials; a worker leaves
@@ -84,11 +85,10 @@ def fail_stale_trials(session: Session) -> None:
     thread can go seconds without the CPU; a process that exists is still running its trial
     (Ctrl-C fails it itself). A dead process here, or any process elsewhere, is judged by its
     heartbeat alone."""
-    store, study = session.store, session.study
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if local_process(t.user_attrs.get("worker") or ""):
-            store.storage.record_heartbeat(store.trial_id(t.number))
-    optuna.storages.fail_stale_trials(study)
+    study = session.study
+    alive = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if local_process(t.user_attrs.get("worker") or "")}
+    session.store.fail_stale_trials(study, spare=alive)
 
 
 # --------------------------------------------------------------------------
@@ -145,12 +145,12 @@ class _Taken:
         self.session = session
         self.study = study = session.study
         store = session.store
-        interval = store.storage.get_heartbeat_interval()
-        self.beat = Beating(lambda: store.storage.record_heartbeat(trial_id), interval) if interval else None
-        if self.beat:
-            self.beat.__enter__()
         fresh_history(study)
         self.trial = optuna.Trial(study, trial_id)
+        number, interval = self.trial.number, store.heartbeat_interval()
+        self.beat = Beating(lambda: store.record_heartbeat(number), interval) if interval else None
+        if self.beat:
+            self.beat.__enter__()
         a = self.trial.user_attrs
         if queued:                           # taken from the queue: say who runs it; a retry starts clean
             store.write_trial(self.trial.number, {"worker": session.owner,
@@ -230,6 +230,7 @@ class _Taken:
         if self.beat:
             self.beat.__exit__(None, None, None)
             self.beat = None
+            self.session.store.end_heartbeat(self.trial.number)
 
 
 # --------------------------------------------------------------------------
@@ -260,7 +261,11 @@ def _work(session: Session, opts: RunOptions, say, bar) -> dict:
         if taken is None:
             return None
         taken = _Taken(session, *taken)
-        taken.prepare(say)
+        try:
+            taken.prepare(say)
+        except BaseException:
+            taken.close()            # a storage failure or Ctrl-C while preparing: its heartbeat stops too
+            raise
         return taken
 
     # On a GPU the next trial is sampled, width-solved, built and measured in a thread while
