@@ -8,6 +8,7 @@
     python search.py export --study NAME [--trial N | --best] [--out DIR]  spec, weights, model.pt2, card
     python search.py describe NAME_OR_SPEC_FILE [--svg FILE]           params, MACs, memory as JSON
     python search.py presets                                           list the papers' networks
+    python search.py proxy --storage DATABASE_URL [--port 13000]       gRPC storage proxy for many workers
 
 The commands are thin: each maps its flags onto a function of ``studies`` (or
 ``models``) and prints the outcome. Flags and their defaults come from those
@@ -34,6 +35,7 @@ import pandas as pd
 # torch comes with models, trainers and most of studies: each command imports what it uses
 # (late, below), so that `show` starts without torch (under 3 s at 5,000 trials, imports included)
 import studies
+from studies import grpc_proxy
 from studies.retrain_protocol import PAPER, PAPER_RULE, REACH, protocol_epochs, retrain_protocols
 
 
@@ -73,7 +75,7 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="study name")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default: NAME.db in the data home, ./studies-data or "
-                             "$STACKNAS_HOME)")
+                             "$STACKNAS_HOME); also journal:///ABS/PATH/NAME.log or grpc://HOST:PORT?claims=DB_URL")
 
 
 def _accuracy(text: str) -> float:
@@ -367,6 +369,13 @@ def cmd_dashboard(args) -> None:
     studies.dashboard(args.study, args.storage, args.out, watch=args.watch, say=said)
 
 
+def cmd_proxy(args) -> None:
+    print(f"gRPC storage proxy for {studies.redact_url(args.storage)} on {args.host}:{args.port}; workers use "
+          f"--storage 'grpc://THIS_HOST:{args.port}?claims={studies.redact_url(args.storage)}' (Ctrl-C stops)",
+          flush=True)
+    grpc_proxy.serve(args.storage, args.host, args.port, args.threads)
+
+
 def cmd_export(args) -> None:
     summary = studies.export(args.study, args.out, trial=None if args.best else args.trial, storage=args.storage,
                              force=args.force, device=args.device)
@@ -567,6 +576,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     ps = sub.add_parser("presets", help="list the papers' networks")
     ps.set_defaults(func=cmd_presets)
+
+    px = sub.add_parser("proxy", help="serve a database to many workers through Optuna's gRPC storage proxy",
+                        description="Optuna's gRPC storage proxy in front of one database: workers run with "
+                                    "--storage grpc://HOST:PORT?claims=DATABASE_URL and hold no database "
+                                    "connection while they train; the proxy holds at most --threads. The "
+                                    "study's claims and heartbeats are taken directly in DATABASE_URL, a "
+                                    "connection opened and closed per claim.")
+    px.add_argument("--storage", required=True, help="the database URL (postgresql://..., mysql://...)")
+    px.add_argument("--host", default=_signature_default(grpc_proxy.serve, "host"),
+                    help="address to listen on (default: %(default)s, every interface)")
+    px.add_argument("--port", type=int, default=_signature_default(grpc_proxy.serve, "port"),
+                    help="TCP port (default: %(default)s, Optuna's)")
+    px.add_argument("--threads", type=int, default=_signature_default(grpc_proxy.serve, "threads"),
+                    help="requests served at once, each holding at most one database connection "
+                         "(default: %(default)s)")
+    px.set_defaults(func=cmd_proxy)
     return p
 
 

@@ -12,6 +12,7 @@ idle worker holds none.
 from __future__ import annotations
 
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from .claims import RDBClaims
-from .storage import StorageError, check_url, driver_url, redact_url
+from .storage import StorageError, check_url, driver_url, quiet_optuna, redact_url
 
 __all__ = ["DEFAULT_PORT", "claims_for", "is_grpc", "open_proxy", "parse_grpc", "serve"]
 
@@ -50,7 +51,9 @@ def parse_grpc(url: str) -> tuple[str, int, str]:
 def open_proxy(url: str) -> optuna.storages.GrpcStorageProxy:
     """A client of the proxy of ``url``, checked to answer within 10 s (one line if not)."""
     host, port, _ = parse_grpc(url)
-    proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    with warnings.catch_warnings():                # "experimental" since Optuna 4.2: not news to a user
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
     try:
         proxy.wait_server_ready(timeout=_REACH_TIMEOUT)
     except Exception:  # noqa: BLE001 - grpc.FutureTimeoutError and connection errors alike
@@ -79,6 +82,7 @@ def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, thr
     """Run the proxy for database ``storage_url`` until stopped (Ctrl-C, SIGTERM): Optuna's
     ``run_grpc_proxy_server`` over its cached RDB storage, ``threads`` requests at a time
     (each holds at most one database connection)."""
+    quiet_optuna()
     check_url(storage_url, create=False)
     storage = optuna.storages.get_storage(driver_url(storage_url))
     optuna.storages.run_grpc_proxy_server(storage, host=host, port=port,

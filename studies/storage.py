@@ -94,7 +94,9 @@ def resolve_url(name: str, storage: str | None) -> str:
 
 def redact_url(url: str | None) -> str:
     """The URL with any password replaced by ``***`` (for messages)."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url or "")
+    # the password runs to the "@" (a gRPC URL's claims= database too; a "/" or "?" in a
+    # password is percent-encoded)
+    return re.sub(r"(//[^:/@?]+:)[^@/?]*@", r"\1***@", url or "")
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
+
+from studies.plain_store import is_plain, optuna_storage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +32,77 @@ def home(tmp_path_factory):
         os.environ.pop("STACKNAS_HOME", None)
     else:
         os.environ["STACKNAS_HOME"] = old
+
+
+# --------------------------------------------------------------------------
+# the storages a study runs on: the tests of storage guarantees run on each
+# --------------------------------------------------------------------------
+
+def _pg_url() -> str:
+    url = os.environ.get("STACKNAS_PG_URL")
+    if not url:
+        pytest.skip("STACKNAS_PG_URL is not set (a PostgreSQL database for the tests)")
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def grpc_proxy():
+    """``search.py proxy`` on loopback in front of the tests' PostgreSQL: ``(port, database URL)``."""
+    pg, port = _pg_url(), _free_port()
+    p = subprocess.Popen([sys.executable, str(ROOT / "search.py"), "proxy", "--storage", pg, "--host", "127.0.0.1",
+                          "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail(f"the gRPC proxy did not start:\n{p.communicate()[0]}")
+    yield port, pg
+    p.terminate()
+    p.wait(timeout=30)
+
+
+STORAGES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "journal",
+            pytest.param("grpc", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request, tmp_path):
+    """A storage URL of each kind a study runs on and a fresh study name: SQLite, PostgreSQL,
+    a journal file, and the gRPC proxy in front of PostgreSQL. Database studies are deleted
+    afterwards."""
+    name = "w-" + uuid.uuid4().hex[:8]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'workers.db'}", name
+        return
+    if request.param == "journal":
+        yield f"journal://{tmp_path / 'workers.log'}", name
+        return
+    if request.param == "postgres":
+        url = db = _pg_url()
+    else:
+        port, db = request.getfixturevalue("grpc_proxy")
+        url = f"grpc://127.0.0.1:{port}?claims={db}"
+    yield url, name
+    try:
+        optuna.delete_study(study_name=name, storage=db)
+    except KeyError:
+        pass
+
+
+def load_study(url: str, name: str) -> optuna.Study:
+    """Study ``name`` of any of those storage URLs, through Optuna alone (as a user would)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=optuna_storage(url) if is_plain(url) else url)
 
 
 # --------------------------------------------------------------------------

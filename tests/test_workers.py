@@ -1,10 +1,11 @@
 """Several workers on one study: exactly N trials, and a SIGKILLed worker's
 trial failed by heartbeat, retried and finished, while a live worker's trial is never
-failed for a late heartbeat - on SQLite and on PostgreSQL.
+failed for a late heartbeat - on SQLite, PostgreSQL, a journal file and the gRPC proxy
+(conftest's ``storage``).
 
-PostgreSQL tests are marked ``postgres`` and need ``STACKNAS_PG_URL`` (a database the
-tests may create studies in, e.g. ``postgresql://postgres@127.0.0.1:5432/stacknas``);
-without it they are skipped.
+PostgreSQL tests (the proxy's too) are marked ``postgres`` and need ``STACKNAS_PG_URL`` (a
+database the tests may create studies in, e.g.
+``postgresql://postgres@127.0.0.1:5432/stacknas``); without it they are skipped.
 """
 from __future__ import annotations
 
@@ -14,36 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import optuna
 import pytest
 
 import studies
+from conftest import load_study
 from studies import lineage_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
         "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
         "--rungs", "1", "--heartbeat", "1", "--no-progress"]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def storage(request, tmp_path):
-    """A storage URL and a fresh study name; PostgreSQL studies are deleted afterwards."""
-    name = "w-" + uuid.uuid4().hex[:8]
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'workers.db'}", name
-        return
-    url = os.environ.get("STACKNAS_PG_URL")
-    if not url:
-        pytest.skip("STACKNAS_PG_URL is not set (a PostgreSQL database for the tests)")
-    yield url, name
-    try:
-        optuna.delete_study(study_name=name, storage=url)
-    except KeyError:
-        pass
 
 
 # Installed in every process of a launch (workers are spawned, so a monkeypatch in the test
@@ -97,8 +80,7 @@ def finish(p: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def trials_of(url: str, name: str):
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=url).get_trials()
+    return load_study(url, name).get_trials()
 
 
 def test_two_processes_finish_exactly_n_trials(storage, tmp_path):
@@ -149,7 +131,7 @@ def test_killed_worker_trial_is_retried(storage, tmp_path):
     c = lineage_counts(trials)
     assert c["finished"] == c["total"] == n and c["retried"] == 1
     assert "worker 0 exited with -9" in out or "worker 1 exited with -9" in out
-    df = studies.trials_table(optuna.load_study(study_name=name, storage=url))
+    df = studies.trials_table(load_study(url, name))
     assert df.loc[0, "status"] == "lost" and f"retried as trial {r.number}" in df.loc[0, "fail_reason"]
     assert df.loc[r.number, "retried_from"] == 0
 
@@ -210,7 +192,7 @@ def test_the_stale_check_spares_a_live_worker_of_this_machine(storage):
         for w in workers:
             trial_id = store.storage.create_new_trial(store.study_id, create_trial(
                 state=TrialState.RUNNING, user_attrs={"ticket": True, "worker": w}))
-            store.storage.record_heartbeat(trial_id)
+            store.record_heartbeat(store.storage.get_trial(trial_id).number)
         time.sleep(3 * 1 + 1.5)                        # past the grace period of 3 beats of 1 s
         fail_stale_trials(session)
         trials = trials_of(url, name)
