@@ -45,7 +45,7 @@ def _pg_url() -> str:
     return url
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,7 +54,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def grpc_proxy():
     """``search.py proxy`` on loopback in front of the tests' PostgreSQL: ``(port, database URL)``."""
-    pg, port = _pg_url(), _free_port()
+    pg, port = _pg_url(), free_port()
     p = subprocess.Popen([sys.executable, str(ROOT / "search.py"), "proxy", "--storage", pg, "--host", "127.0.0.1",
                           "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
