@@ -201,3 +201,28 @@ def test_the_stale_check_spares_a_live_worker_of_this_machine(storage):
         assert all(t.state.name == "WAITING" for t in trials[3:])
     finally:
         store.close()
+
+
+def test_a_trial_whose_preparation_stops_the_worker_stops_beating(tmp_path, monkeypatch):
+    """The database refuses a write while a trial is prepared: the worker stops with one line
+    and the trial's heartbeat thread stops with it (it went on beating, for a trial already
+    failed, in the process that called ``run``)."""
+    import sqlite3
+    import threading
+
+    import sqlalchemy as sa
+
+    from studies import objective
+
+    def full(trial, ctx):
+        raise sa.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database or disk is full"))
+    monkeypatch.setattr(objective, "prepare", full)
+    monkeypatch.setenv("STACKNAS_HOME", str(tmp_path))
+    before = set(threading.enumerate())
+    with pytest.raises(studies.StorageError, match="database or disk is full"):
+        studies.run("leak", 2, storage=f"sqlite:///{tmp_path / 'leak.db'}", budget="60k", tolerance=0.1,
+                    synthetic=True, synthetic_images=64, synthetic_image_size=8, device="cpu", rungs=1,
+                    heartbeat=1, progress=False, say=lambda m: None)
+    time.sleep(0.2)
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name != "tqdm_monitor"]
+    assert left == []
