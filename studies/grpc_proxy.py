@@ -22,10 +22,11 @@ from sqlalchemy.pool import NullPool
 from .claims import RDBClaims
 from .storage import StorageError, check_url, driver_url, quiet_optuna, redact_url
 
-__all__ = ["DEFAULT_PORT", "claims_for", "is_grpc", "open_proxy", "parse_grpc", "serve"]
+__all__ = ["CLAIMS_APPLICATION", "DEFAULT_PORT", "claims_for", "is_grpc", "open_proxy", "parse_grpc", "serve"]
 
 DEFAULT_PORT = 13000        # Optuna's default for its proxy
 _REACH_TIMEOUT = 10         # seconds to reach the proxy
+CLAIMS_APPLICATION = "stacknas-claims"     # application_name of the claims' PostgreSQL connections
 _EXAMPLE = "grpc://HOST:PORT?claims=postgresql://USER:PASSWORD@DBHOST/DB"
 
 
@@ -68,7 +69,9 @@ def claims_for(url: str, owner: str) -> RDBClaims:
     a worker holds a connection only while it claims."""
     _, _, claims = parse_grpc(url)
     check_url(claims, create=False)
-    return _NullPoolClaims(sa.create_engine(driver_url(claims), poolclass=NullPool), owner)
+    # named in PostgreSQL's pg_stat_activity, so that an administrator sees whose connections they are
+    named = {"connect_args": {"application_name": CLAIMS_APPLICATION}} if claims.startswith("postgres") else {}
+    return _NullPoolClaims(sa.create_engine(driver_url(claims), poolclass=NullPool, **named), owner)
 
 
 class _NullPoolClaims(RDBClaims):

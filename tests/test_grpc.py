@@ -1,0 +1,67 @@
+"""Workers through Optuna's gRPC storage proxy (``grpc://HOST:PORT?claims=DATABASE_URL``): the
+URL refused in one line when malformed or when no proxy answers, and a worker's claims holding
+no database connection between claims. (Exact trial counts and a killed worker's retry through
+the proxy: tests/test_workers.py, conftest's ``storage``; the measurement: benchmarks/bench_grpc.py.)"""
+from __future__ import annotations
+
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+import search
+import studies
+from conftest import free_port
+from studies import grpc_proxy as proxy_module
+from studies.grpc_proxy import CLAIMS_APPLICATION
+from studies.plain_store import open_plain
+
+TINY = ["--budget", "60k", "--synthetic", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("grpc://127.0.0.1:13000", "a gRPC proxy URL is grpc://HOST:PORT?claims="),
+    ("grpc://127.0.0.1?claims=postgresql://u@h/db", "a gRPC proxy URL is"),
+    ("grpc://127.0.0.1:70000?claims=postgresql://u@h/db", "port 70000 is not a TCP port"),
+    ("grpc://127.0.0.1:13000?claims=journal:///x.log", "claims= names the database behind the proxy"),
+])
+def test_a_malformed_proxy_url_is_one_line(url, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STACKNAS_HOME", str(tmp_path))
+    rc = search.main(["run", "--study", "g", "--storage", url, "--trials", "1", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_proxy_at_the_address_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(proxy_module, "_REACH_TIMEOUT", 1)
+    url = f"grpc://127.0.0.1:{free_port()}?claims=sqlite:///{tmp_path / 'claims.db'}"
+    sa.create_engine(f"sqlite:///{tmp_path / 'claims.db'}").connect().close()
+    rc = search.main(["show", "--study", "g", "--storage", url])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cannot reach the gRPC storage proxy at 127.0.0.1:" in err and "search.py proxy" in err, err
+
+
+@pytest.mark.postgres
+def test_a_worker_through_the_proxy_holds_no_database_connection_between_claims(grpc_proxy):
+    """The study and its trials go through the proxy; the claims connect, claim, and close."""
+    port, pg = grpc_proxy
+    url, name = f"grpc://127.0.0.1:{port}?claims={pg}", "g-" + uuid.uuid4().hex[:8]
+    store = open_plain(name, url, create=True, heartbeat=1, max_retry=1, owner="test:1")
+    watcher = sa.create_engine(studies.storage.driver_url(pg))
+    try:
+        store.create_study(["maximize", "minimize"])
+        assert store.claims.try_claim(f"{name}:k", 60)
+        with store.claims.lock(f"{name}:lock"):
+            pass
+        with watcher.connect() as conn:
+            held = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a "
+                                        "AND pid <> pg_backend_pid()"), {"a": CLAIMS_APPLICATION}).scalar()
+        assert held == 0
+        assert store.claims.holder(f"{name}:k")["owner"] == "test:1"
+    finally:
+        store.claims.release(f"{name}:k")
+        store.close()
+        watcher.dispose()
+        optuna.delete_study(study_name=name, storage=pg)
