@@ -17,7 +17,8 @@ study read once), ``trials_with_results``, ``trials_table``, ``pareto_set``,
 Files, each one job: ``config`` (options and stored settings, the one home of
 their defaults), ``storage`` (data home, URLs, the storage opened once), ``rdb``
 (Optuna's RDB storage read in bulk and written in batches), ``claims`` (who does a
-piece of shared work), ``session`` (a study resolved once, handed to its workers),
+piece of shared work), ``journal``, ``file_claims``, ``grpc_proxy`` and ``plain_store``
+(a study in a journal file or through Optuna's gRPC proxy, heartbeats in its claims), ``session`` (a study resolved once, handed to its workers),
 ``objective`` (one trial), ``worker`` (taking trials, the worker loop, worker
 processes), ``promotion`` (multi-fidelity), ``launch`` (``run``), ``retrain``,
 ``retrain_protocol`` (the paper rule, retrain labels), ``results`` (a study read

@@ -74,7 +74,10 @@ class RunOptions:
                                "training, rarely). A rerun with a larger number resumes the study",
                          type=int, required=True)
     storage: str | None = option(None, "Optuna storage URL (default: NAME.db in the data home, "
-                                       "./studies-data or $STACKNAS_HOME; PostgreSQL for many machines)")
+                                       "./studies-data or $STACKNAS_HOME); for many machines "
+                                       "postgresql://USER:PASSWORD@HOST/DB, journal:///ABS/PATH/NAME.log on a "
+                                       "shared filesystem, or grpc://HOST:PORT?claims=DB_URL through `search.py "
+                                       "proxy` (README: On many machines)")
     budget: str = option("1.0M", "parameter budget, e.g. 1.0M, 250k or 2000000")
     tolerance: float = option(DEFAULT_TOLERANCE, "relative distance to the budget allowed (0.02 = 2%%)",
                               type=float)
@@ -116,7 +119,9 @@ class RunOptions:
                                                 "within 10%% of the budget)", nargs="*", metavar="PRESET")
     seed: int = option(0, "sampler seed (give each machine sharing a study its own)", type=int)
     heartbeat: int = option(60, "seconds between a running trial's heartbeats; silent for 3 beats = failed "
-                                "and retried", type=int, metavar="SECONDS")
+                                "and retried (on a journal or through the proxy, which have no Optuna "
+                                "heartbeats, they are kept in the study's claims with each machine's clock: "
+                                "clocks must agree within one beat)", type=int, metavar="SECONDS")
     max_retry: int = option(3, "retries of a trial whose worker died", type=int)
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     prepare_ahead: bool | None = option(None, "prepare the next trial (sample, solve, build, measure) in a thread "
