@@ -8,9 +8,8 @@ Optuna's heartbeats (``BaseHeartbeat``, Optuna 4.0-5.1), and neither has the bul
 reader and batched writes of :mod:`studies.rdb`; what a worker asks of a store is
 done here with the public API instead:
 
-* **Heartbeats.** A running trial's worker beats claim ``beat:STUDY_ID:NUMBER`` (every
-  ``--heartbeat`` seconds; the claim is taken over at each beat, so whoever beat last
-  holds it). The stale-trial check fails a RUNNING trial whose claim has been silent for
+* **Heartbeats.** A running trial's worker takes claim ``beat:STUDY_ID:NUMBER`` at its
+  first beat, whoever held it, and renews it every ``--heartbeat`` seconds. The stale-trial check fails a RUNNING trial whose claim has been silent for
   three beats (or that has none and started three beats ago) and re-queues it with the
   same parameters, as Optuna's ``fail_stale_trials`` and
   ``RetryHeartbeatStaleTrialCallback`` do for a database.
@@ -20,7 +19,7 @@ done here with the public API instead:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +41,7 @@ class PlainStore(Store):
     closer: Callable[[], None] | None = None
     interval: int = 0               # seconds between heartbeats; 0: none armed
     max_retry: int = 3
+    _beating: set = field(default_factory=set, repr=False)    # trial numbers whose beat claim this store took
 
     def attrs(self) -> dict:
         return self.storage.get_study_user_attrs(self.study_id)
@@ -68,10 +68,16 @@ class PlainStore(Store):
         return f"beat:{self.study_id}:{number}"
 
     def record_heartbeat(self, number: int) -> None:
-        # taken over at every beat (stale after 0 s): a beat renews the claim whoever beat last
-        self.claims.try_claim(self._beat_key(number), 0.0)
+        key = self._beat_key(number)
+        if number in self._beating:
+            self.claims.beat(key)
+        else:
+            # the first beat takes the claim whoever held it (stale after 0 s); the stale check only reads it
+            self.claims.try_claim(key, 0.0)
+            self._beating.add(number)
 
     def end_heartbeat(self, number: int) -> None:
+        self._beating.discard(number)
         self.claims.release(self._beat_key(number))
 
     def fail_stale_trials(self, study: optuna.Study, spare: set[int] = frozenset()) -> None:

@@ -343,7 +343,9 @@ class Store:
         ``spare`` (their workers are known alive): their heartbeats are renewed first."""
         for number in spare:
             self.record_heartbeat(number)
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():            # "experimental" since Optuna 2.9: not news to a user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
     def close(self) -> None:
         self.claims.close()
