@@ -7,8 +7,8 @@ beating (or, on this machine, no longer exists) is taken over.
 
 :class:`Claims` is the interface the study's code uses; :class:`RDBClaims` implements it
 with table ``stacknas_claims`` in the study's relational database (inserting a row is an
-atomic claim in SQLite and PostgreSQL alike: the key is the primary key). A storage of
-another kind brings its own implementation of the same few methods.
+atomic claim in SQLite and PostgreSQL alike: the key is the primary key);
+:class:`studies.file_claims.FileClaims` implements it with files beside a journal study.
 """
 from __future__ import annotations
 

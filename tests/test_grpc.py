@@ -34,6 +34,11 @@ def test_a_malformed_proxy_url_is_one_line(url, fragment, tmp_path, capsys, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_proxy_url_shows_without_its_database_password():
+    url = "grpc://node7:13000?claims=postgresql://nas:s3cret@db.cluster/studies"
+    assert studies.redact_url(url) == "grpc://node7:13000?claims=postgresql://nas:***@db.cluster/studies"
+
+
 def test_no_proxy_at_the_address_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(proxy_module, "_REACH_TIMEOUT", 1)
     url = f"grpc://127.0.0.1:{free_port()}?claims=sqlite:///{tmp_path / 'claims.db'}"
