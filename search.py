@@ -50,6 +50,7 @@ def _flags_from_options(parser: argparse.ArgumentParser, cls=None) -> None:
     argparse leaves a flag the user did not give out of the namespace (``SUPPRESS``), so the
     field's own default applies."""
     cls = cls or studies.RunOptions
+    from studies.config import RESUME as resume  # noqa: PLC0415 - with RunOptions, which brings torch
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if not meta.pop("cli", True):
@@ -61,6 +62,8 @@ def _flags_from_options(parser: argparse.ArgumentParser, cls=None) -> None:
         text = meta.pop("help")
         if not required and default not in (None, False, True, (), [], {}):
             text += f" (default: {default})"
+        if f.name in resume:
+            text += resume[f.name].help().replace("%", "%%")
         parser.add_argument(flag, dest=f.name, help=text, required=required,
                             default=argparse.SUPPRESS, **meta)
 
@@ -467,7 +470,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.commands = sub.choices           # name -> its parser, for the check of unknown flags
 
-    r = sub.add_parser("run", help="create or resume a study and run trials")
+    r = sub.add_parser("run", help="create or resume a study and run trials",
+                       description="Create a study, or resume it: a rerun with the same --study goes on to the "
+                                   "--trials total. A study stores its settings: each option marked [stored; ...] "
+                                   "says what a resume does with another value.")
     if command in (None, "run"):
         _flags_from_options(r)
     r.set_defaults(func=cmd_run)

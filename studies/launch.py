@@ -88,6 +88,7 @@ def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=
         study.set_metric_names(["val_accuracy", settings.memory_key])
     else:
         for key, value in check_resume(settings, opts):
+            say(f"study {opts.study!r}: {key} {getattr(settings, key)} -> {value}, stored for the whole study")
             study.set_user_attr(key, value)
             setattr(settings, key, value)
     target = max(int(opts.trials), int(attrs.get(TARGET_ATTR, 0)))
