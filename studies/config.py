@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import optuna
 
 import trainers
-from search_space import DEFAULT_TOLERANCE, parse_budget
+from search_space import DEFAULT_TOLERANCE, format_count, parse_budget
 
 __all__ = ["MEMORY_OBJECTIVES", "RESUME", "RunOptions", "StudySettings", "check_resume", "json_object", "option"]
 
@@ -376,6 +376,8 @@ def _same(old, new) -> bool:
 
 
 def _shown(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format_count(value).replace(",", "")
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 

@@ -143,6 +143,9 @@ def check_url(url: str, *, create: bool) -> None:
         raise StorageError(f"storage URL {shown!r} is not a database URL; use e.g. sqlite:///path/NAME.db "
                            f"or postgresql://USER:PASSWORD@HOST/DB") from None
     path = sqlite_path(url)
+    if parsed.get_backend_name() == "sqlite" and (path is None or "mode=memory" in url):
+        raise StorageError(f"storage {shown!r} is in memory; a study must outlive the process: use a file, "
+                           f"e.g. sqlite:///path/NAME.db")
     if parsed.get_backend_name() == "sqlite" and path is not None:
         if not create and not path.exists():
             raise StorageError(f"no study database at {path} (check --study / --storage)")
@@ -173,13 +176,22 @@ def check_url(url: str, *, create: bool) -> None:
             with engine.connect() as conn:
                 verdict = conn.execute(sa.text("PRAGMA quick_check")).scalar()
             if verdict != "ok":
-                raise DamagedStorage(f"{path} is not a readable SQLite database ({verdict}); "
+                raise DamagedStorage(f"{path} is not a readable SQLite database ({_verdict(verdict)}); "
                                      f"move it aside and restore a copy, or start another study")
     except sa.exc.DBAPIError as e:
         raise DamagedStorage(f"{path} is not a readable SQLite database ({_one_line(e)}); "
                              f"move it aside and restore a copy, or start another study") from None
     finally:
         engine.dispose()
+
+
+def _verdict(text: str) -> str:
+    """SQLite's ``quick_check`` report in one line: its first problem and how many follow (the
+    report is a header and a line per problem, often dozens)."""
+    problems = [line.strip() for line in str(text).splitlines() if line.strip() and not line.startswith("***")]
+    if len(problems) <= 1:
+        return problems[0] if problems else "quick_check failed"
+    return f"{problems[0]}, and {len(problems) - 1} more problems"
 
 
 def _where(url: str) -> str:
