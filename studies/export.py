@@ -44,7 +44,7 @@ from .config import StudySettings, data_title
 from .objective import load_data
 from .results import Snapshot, finite, first_line, pareto_numbers, plural, snapshot, trials_with_results
 from .retrain_protocol import epochs_text
-from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
+from .storage import data_home, in_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
 __all__ = ["BEST_RULE", "FILES", "export", "export_dir", "export_trial", "find_weights", "select_trial"]
 
@@ -111,8 +111,10 @@ def select_trial(study, number: int | None = None):
 def find_weights(trial, storage_url: str | None = None) -> Path:
     """The trained weights file of ``trial`` (its ``weights_path`` user attr).
 
-    A relative path is looked up from the working directory, then in the data
-    home and next to a SQLite study database. Raises a one-line ValueError
+    A relative path is relative to the data home (:func:`studies.storage.in_home`;
+    also looked up next to a SQLite study database); an absolute one, stored by
+    earlier versions, is looked up under this data home's ``runs/`` first, so a
+    copied or moved data home exports its own weights. Raises a one-line ValueError
     telling the user to run ``search.py retrain`` when the trial has no weights.
     """
     a = trial.user_attrs
@@ -125,10 +127,10 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
         raise ValueError(f"trial {trial.number} has no trained weights; run `search.py retrain` on the study "
                          f"first (export never writes an untrained network)")
     path = Path(raw).expanduser()
-    candidates = [path]
+    candidates = [in_home(path)]
     db = sqlite_path(storage_url or "")
-    if not path.is_absolute():
-        candidates += [data_home() / path] + ([db.parent / path] if db is not None else [])
+    if not path.is_absolute() and db is not None:
+        candidates.append(db.parent / path)
     for c in candidates:
         if c.is_file():
             return c
