@@ -342,7 +342,8 @@ def test_a_stale_temporary_folder_is_cleared_and_a_foreign_one_kept(study):
 KILL = r"""
 import os, signal, sys
 import search
-import studies.export as ex
+import studies.export
+ex = sys.modules["studies.export"]        # the module (studies.export, the attribute, is the function)
 def kill(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 if sys.argv[1] == "card":                 # while writing: after model.pt2, before the card
@@ -366,7 +367,7 @@ def test_an_export_killed_mid_way_leaves_nothing_half_done(study, when):
     argv = ["export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out)]
     p = subprocess.run([sys.executable, "-c", KILL, when, *argv], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert p.returncode in (-9, 0), p.stderr
+    assert p.returncode == -9 if when == "card" else p.returncode in (-9, 0), p.stderr
     # the folder is absent or holds a whole export, never part of one
     assert not out.exists() or sorted(x.name for x in out.iterdir()) == sorted(FILES)
     rc, _, err = cli(*argv, *(["--force"] if out.exists() else []))
