@@ -2,29 +2,15 @@
 home (older absolute ones are still read), so the copy exports its own weights and names them."""
 from __future__ import annotations
 
-import io
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN, cli
 
-import search
 import studies
 from studies.storage import home_relative, in_home
-
-TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
-        "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
-        "--no-progress", "--rungs", "1"]
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = search.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
-
 
 def test_paths_inside_the_home_are_stored_relative_and_read_back(tmp_path, monkeypatch):
     monkeypatch.setenv("STACKNAS_HOME", str(tmp_path / "a"))
@@ -32,10 +18,10 @@ def test_paths_inside_the_home_are_stored_relative_and_read_back(tmp_path, monke
     assert home_relative(w) == "runs/s/trial_0/fast/weights.pt"
     assert home_relative(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")     # outside: absolute
     monkeypatch.setenv("STACKNAS_HOME", str(tmp_path / "b"))
-    assert in_home("runs/s/trial_0/fast/weights.pt") == tmp_path / "b" / "runs" / "s" / "trial_0" / "fast" / "weights.pt"
+    here = tmp_path / "b" / "runs" / "s" / "trial_0" / "fast" / "weights.pt"
+    assert in_home("runs/s/trial_0/fast/weights.pt") == here
     # an absolute path of an earlier version: this home's copy when it is here, else as stored
     assert in_home(str(w)) == w
-    here = tmp_path / "b" / "runs" / "s" / "trial_0" / "fast" / "weights.pt"
     here.parent.mkdir(parents=True)
     here.write_bytes(b"")
     assert in_home(str(w)) == here
@@ -50,7 +36,7 @@ def moved(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc, out, err = cli("run", "--study", "mv", "--trials", "2", "--seed", "1", *TINY)
+        rc, out, err = cli("run", "--study", "mv", "--trials", "2", "--seed", "1", *TINY_RUN)
         assert rc == 0, err
         rc, out, err = cli("retrain", "--study", "mv", "--epochs", "1", "--no-progress")
         assert rc == 0, err

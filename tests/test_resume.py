@@ -3,26 +3,12 @@
 """
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
-
 import pytest
+from conftest import TINY_RUN, cli
 
 import search
 import studies
 from studies.config import RESUME, RunOptions, StudySettings, check_resume
-
-TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
-        "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
-        "--no-progress", "--rungs", "1"]
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = search.main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
-
 
 def settings_and(**given) -> tuple[StudySettings, RunOptions]:
     """A synthetic study's settings (64 images of 8x8, batch 32) and the options of a rerun."""
@@ -67,7 +53,7 @@ def test_every_stored_option_is_in_the_table_and_its_help_says_what_a_resume_doe
 
 
 def test_a_rerun_with_other_synthetic_images_is_refused_and_heartbeat_is_stored(home):
-    rc, out, err = cli("run", "--study", "re", "--trials", "1", *TINY)
+    rc, out, err = cli("run", "--study", "re", "--trials", "1", *TINY_RUN)
     assert rc == 0, err
     for flag, value in (("--synthetic-images", "128"), ("--synthetic-image-size", "16"),
                         ("--proxy-hparams", '{"lr": 0.5}')):

@@ -122,8 +122,8 @@ _CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),
             "schedule": ("onecycle", "multistep")}
 # (kind, lowest, highest) of every numeric knob: a value outside would make every run fail
 _RANGES = {
-    # lr: up to 1000 (10,000x the papers' 0.1), far past where any run diverges, which is how a test
-    # forces one to; finite, so that 1e308 or Infinity is refused instead of failing every trial
+    # lr: up to 1000 (10,000x the papers' 0.1), past where runs diverge (with weight decay 1 a test
+    # forces one to); finite, so that 1e308 or Infinity is refused instead of failing every trial
     "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, MAX_LR),
     "warmup_frac": (float, 0.0, 1.0), "final_lr_frac": (float, 0.0, 1.0), "gamma": (float, 0.0, 1.0),
     "momentum": (float, 0.0, 0.999), "weight_decay": (float, 0.0, 1.0), "label_smoothing": (float, 0.0, 0.99),
