@@ -7,6 +7,24 @@ import pytest
 import torch
 
 
+# a study that runs in seconds on a CPU: 60k parameters, 64 synthetic 8x8 images, one rung
+TINY_RUN = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
+            "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
+            "--no-progress", "--rungs", "1"]
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """``search.py ARGV`` in this process: (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import search
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = search.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A data home (STACKNAS_HOME) for the module: default databases, runs/ and results/ go there;
