@@ -19,6 +19,7 @@ user can fix end the program with a one-line message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -52,6 +53,7 @@ def _flags_from_options(parser: argparse.ArgumentParser, cls=None) -> None:
     argparse leaves a flag the user did not give out of the namespace (``SUPPRESS``), so the
     field's own default applies."""
     cls = cls or studies.RunOptions
+    from studies.config import RESUME as resume  # noqa: PLC0415 - with RunOptions, which brings torch
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if not meta.pop("cli", True):
@@ -63,6 +65,8 @@ def _flags_from_options(parser: argparse.ArgumentParser, cls=None) -> None:
         text = meta.pop("help")
         if not required and default not in (None, False, True, (), [], {}):
             text += f" (default: {default})"
+        if f.name in resume:
+            text += resume[f.name].help().replace("%", "%%")
         parser.add_argument(flag, dest=f.name, help=text, required=required,
                             default=argparse.SUPPRESS, **meta)
 
@@ -76,6 +80,16 @@ def _study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default: NAME.db in the data home, ./studies-data or "
                              "$STACKNAS_HOME); also journal:///ABS/PATH/NAME.log or grpc://HOST:PORT?claims=DB_URL")
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Around writing a file the user named: a failure says "cannot write" with the path, whatever
+    the errno (creating a file under /proc fails with "No such file or directory")."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename or path}: {e.strerror or e}") from None
 
 
 def _accuracy(text: str) -> float:
@@ -283,7 +297,8 @@ def cmd_show(args) -> None:
     table = study.table()
     df = studies.results.front(table) if args.pareto else table
     if args.csv:
-        df.to_csv(args.csv)
+        with _writing(args.csv):
+            df.to_csv(args.csv)
     stats = study.summary()
     _print_table(df, stats["memory"], studies.results.summary_lines(stats))
     print(f"storage: {studies.redact_url(studies.resolve_url(args.study, args.storage))}")
@@ -297,7 +312,8 @@ def _show_retrains(args) -> None:
     reach = tuple(args.reach)
     df = studies.retrains(args.study, args.storage, reach=reach)
     if args.csv:
-        df.to_csv(args.csv, index=False)
+        with _writing(args.csv):
+            df.to_csv(args.csv, index=False)
     if not len(df):
         print(f"study {args.study!r} has no retrain yet: python search.py retrain --study {args.study}")
         return
@@ -366,7 +382,8 @@ def cmd_dashboard(args) -> None:
             webbrowser.open(out.resolve().as_uri())
             opened.append(out)
 
-    studies.dashboard(args.study, args.storage, args.out, watch=args.watch, say=said)
+    with _writing(args.out or "the page"):       # the study is read through its storage: an OSError is the page's
+        studies.dashboard(args.study, args.storage, args.out, watch=args.watch, say=said)
 
 
 def cmd_proxy(args) -> None:
@@ -390,8 +407,10 @@ def _load_spec(name_or_file: str):
     from models import ArchSpec, SpecError, presets  # noqa: PLC0415 - torch, for this command only
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"spec file {name_or_file!r} does not exist")
+        if not path.is_file():       # a folder, a FIFO, a device (/dev/zero): reading it would hang or never end
+            raise UserError(f"spec file {name_or_file!r} is not a regular file (a spec is a JSON file)")
         if path.stat().st_size > MAX_SPEC_BYTES:
             raise UserError(f"spec file {name_or_file!r} is {path.stat().st_size:,} bytes; a spec is at most "
                             f"{MAX_SPEC_BYTES:,}")
@@ -444,7 +463,8 @@ def cmd_describe(args) -> None:
         path = Path(args.svg)
         if path.suffix.lower() != ".svg":
             raise UserError(f"--svg {args.svg!r}: expected a .svg file")
-        path.write_text(models.drawing.network_svg(spec), encoding="utf-8")
+        with _writing(path):
+            path.write_text(models.drawing.network_svg(spec), encoding="utf-8")
         out["svg"] = str(path)
     print(json.dumps(out, indent=None if args.compact else 2))
 
@@ -476,7 +496,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.commands = sub.choices           # name -> its parser, for the check of unknown flags
 
-    r = sub.add_parser("run", help="create or resume a study and run trials")
+    r = sub.add_parser("run", help="create or resume a study and run trials",
+                       description="Create a study, or resume it: a rerun with the same --study goes on to the "
+                                   "--trials total. A study stores its settings: each option marked [stored; ...] "
+                                   "says what a resume does with another value.")
     if command in (None, "run"):
         _flags_from_options(r)
     r.set_defaults(func=cmd_run)

@@ -124,7 +124,7 @@ class ArchSpec:
     @classmethod
     def from_json(cls, text: str) -> "ArchSpec":
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as e:
             raise SpecError(f"spec: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
         except RecursionError:
@@ -227,6 +227,17 @@ class ArchSpec:
             raise SpecError("head: 'multiscale' goes with RKCNN transitions ('conv', 'conv-attention'); "
                             "with 'resblock' use 'gap-fc'")
         return self
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``json.loads``'s ``object_pairs_hook`` refusing a key given twice in one object: JSON
+    lets the last win, so ``"width": 64, "width": 4096`` would silently build the second."""
+    d: dict = {}
+    for k, v in pairs:
+        if k in d:
+            raise SpecError(f"spec: field {k!r} is given twice ({d[k]!r} and {v!r}); give it once")
+        d[k] = v
+    return d
 
 
 def _check_keys(where: str, d: dict, cls) -> None:

@@ -7,9 +7,10 @@ to a parameter budget.
 May import: ``models``, numpy. Never optuna (a trial is duck-typed),
 ``trainers`` or ``studies``.
 """
-from .budget import (DEFAULT_TOLERANCE, BudgetError, count_params, parse_budget, solve_widths,
+from .budget import (DEFAULT_TOLERANCE, BudgetError, count_params, format_count, parse_budget, solve_widths,
                      within_budget)
 from .sampling import RandomTrial, param_range, sample_spec
 
-__all__ = ["BudgetError", "DEFAULT_TOLERANCE", "RandomTrial", "count_params", "param_range", "parse_budget",
+__all__ = ["BudgetError", "DEFAULT_TOLERANCE", "RandomTrial", "count_params", "format_count", "param_range",
+           "parse_budget",
            "sample_spec", "solve_widths", "within_budget"]

@@ -216,6 +216,14 @@ def within_budget(params: int, budget: int, tolerance: float = DEFAULT_TOLERANCE
     return math.isfinite(params) and abs(params - budget) <= tolerance * budget
 
 
+MAX_PLAIN_COUNT = 10**15     # past this a count is printed in scientific notation (a typed 1e300 has 301 digits)
+
+
+def format_count(n: int | float) -> str:
+    """A parameter count for a message: ``1,000,000``, or ``1e+300`` past :data:`MAX_PLAIN_COUNT`."""
+    return f"{n:,}" if abs(n) < MAX_PLAIN_COUNT else f"{float(n):.3g}"
+
+
 def parse_budget(text: str | int | float) -> int:
     """'1.0M', '250k', '2e6' or a number -> parameters."""
     if isinstance(text, (int, float)):

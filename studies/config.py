@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import optuna
 
 import trainers
-from search_space import DEFAULT_TOLERANCE, parse_budget
+from search_space import DEFAULT_TOLERANCE, format_count, parse_budget
 
-__all__ = ["MEMORY_OBJECTIVES", "RunOptions", "StudySettings", "check_resume", "json_object", "option"]
+__all__ = ["MEMORY_OBJECTIVES", "RESUME", "RunOptions", "StudySettings", "check_resume", "json_object", "option"]
 
 MEMORY_OBJECTIVES = ("inference", "training")
 SETTINGS_FORMAT = 2          # version of the stored settings' layout; 2: the search space asks its sizes last,
@@ -308,25 +308,111 @@ def data_title(data: dict) -> str:
         kind, f"the folder {data.get('root')}")
 
 
+@dataclass(frozen=True)
+class Resume:
+    """What a resume does with one option of ``run`` that the study stores: ``rule`` is
+    ``fixed`` (another value is refused), ``rises`` (a larger value is taken, a smaller one
+    refused), ``changes`` (the new value is stored for the whole study) or ``here`` (not stored:
+    where this machine finds something, checked apart); ``why`` says why, for
+    ``--help``; ``stored`` / ``given`` read the study's value and the option's, in the option's terms."""
+
+    rule: str
+    why: str
+    stored: object = None        # callable(StudySettings, RunOptions) -> value; None: checked apart (the data)
+    given: object = None         # callable(RunOptions) -> value
+    key: str = ""                # the StudySettings field a "rises" / "changes" option writes
+
+    def help(self) -> str:
+        return {"fixed": f" [stored; a resume refuses another value: {self.why}]",
+                "rises": f" [stored; a resume may raise it, never lower it: {self.why}]",
+                "changes": f" [stored; a resume may change it, for the whole study: {self.why}]",
+                "here": f" [not stored; a resume may give another: {self.why}]"}[self.rule]
+
+
+def _effective_hparams(settings: "StudySettings", keys) -> dict:
+    """The proxy's values of ``keys`` in a study: its stored overrides over the proxy protocol's."""
+    hp = trainers.protocol_hparams("proxy", hparams=settings.proxy_hparams)
+    return {k: hp.get(k) for k in sorted(keys)}
+
+
+# Every option of `run` whose value a study stores, and what a resume does with another value.
+# One table for the check (check_resume) and for `--help` (search.py appends Resume.help()).
+RESUME: dict[str, Resume] = {
+    "budget": Resume("fixed", "every trial's widths were solved for it",
+                     lambda s, _: s.budget, lambda o: parse_budget(o.budget)),
+    "tolerance": Resume("fixed", "which networks were pruned follows from it",
+                        lambda s, _: s.tolerance, lambda o: float(o.tolerance)),
+    "memory": Resume("fixed", "it is the second objective of every trial", lambda s, _: s.memory, lambda o: o.memory),
+    "paper_forms": Resume("fixed", "it changes the questions the sampler asks",
+                          lambda s, _: bool(s.paper_forms), lambda o: bool(o.paper_forms)),
+    "proxy_epochs": Resume("fixed", "every rung's scores were trained that long",
+                           lambda s, _: s.proxy_epochs, lambda o: o.proxy_epochs),
+    "eta": Resume("fixed", "the rungs' epochs and promotions follow from it", lambda s, _: s.eta, lambda o: o.eta),
+    "rungs": Resume("rises", "a new rung trains the best further; fewer would drop rungs already scored",
+                    lambda s, _: s.rungs, lambda o: o.rungs, key="rungs"),
+    "synthetic": Resume("fixed", "the study's data"),
+    "dataset": Resume("fixed", "the study's data"),
+    "data": Resume("here", "it says where the study's data set is on this machine (refused for synthetic data)"),
+    "image_size": Resume("fixed", "the networks' input size", lambda s, _: s.image_size, lambda o: o.image_size),
+    "proxy_images": Resume("fixed", "every proxy trained on that subset",
+                           lambda s, _: s.proxy_images or "all", lambda o: o.proxy_images or "all"),
+    "synthetic_images": Resume("fixed", "the study's data", lambda s, _: s.data.get("n_train", "none (not synthetic)"),
+                               lambda o: o.synthetic_images),
+    "synthetic_image_size": Resume("fixed", "the study's data",
+                                   lambda s, _: s.data.get("image_size") if s.data.get("kind") == "synthetic"
+                                   else "none (not synthetic)", lambda o: o.synthetic_image_size),
+    "proxy_hparams": Resume("fixed", "every proxy trained with them (keys not given are not compared)",
+                            lambda s, o: _effective_hparams(s, o.proxy_hparams), lambda o: dict(o.proxy_hparams)),
+    "heartbeat": Resume("changes", "later launches beat, and find lost trials, at the new interval",
+                        lambda s, _: s.heartbeat_interval, lambda o: o.heartbeat, key="heartbeat_interval"),
+    "max_retry": Resume("changes", "later launches retry a lost trial that often",
+                        lambda s, _: s.max_retry, lambda o: o.max_retry, key="max_retry"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _same(old, new) -> bool:
+    if isinstance(old, float) and isinstance(new, (int, float)):
+        return math.isclose(old, new)
+    return old == new
+
+
+def _shown(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format_count(value).replace(",", "")
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+
+
 def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, object]]:
-    """Refuse an explicit option that contradicts a resumed study's settings; return the
-    ``(setting, value)`` pairs a resume may change (rungs up, heartbeat, retries)."""
+    """Refuse an explicit option that contradicts a resumed study's settings (:data:`RESUME`);
+    return the ``(setting, value)`` pairs a resume changes (rungs up, heartbeat, retries)."""
     given = set(opts.explicit)
     if settings.format < SETTINGS_FORMAT:
         raise ValueError(f"study {opts.study!r} was created by an earlier version whose search space asks other "
                          f"questions (settings format {settings.format}, now {SETTINGS_FORMAT}); it cannot be "
                          f"resumed: use another --study name (its results can still be shown and exported)")
-    fixed = {"budget": ("--budget", lambda: parse_budget(opts.budget)),
-             "tolerance": ("--tolerance", lambda: float(opts.tolerance)),
-             "memory": ("--memory", lambda: opts.memory),
-             "proxy_epochs": ("--proxy-epochs", lambda: opts.proxy_epochs),
-             "paper_forms": ("--paper-forms", lambda: bool(opts.paper_forms)),
-             "eta": ("--eta", lambda: opts.eta)}
-    for key, (flag, new) in fixed.items():
-        old = getattr(settings, key)
-        if key in given and not (new() == old or (isinstance(old, float) and math.isclose(new(), old))):
-            raise ValueError(f"study {opts.study!r} was created with {flag} {old}; it cannot change "
-                             f"(got {new()}): use another --study name")
+    _check_data(settings, opts, given)
+    changes = []
+    for name, r in RESUME.items():
+        if name not in given or r.stored is None:
+            continue
+        new = r.given(opts)
+        old = r.stored(settings, opts)
+        if new is None or _same(old, new):
+            continue
+        if r.rule == "fixed" or (r.rule == "rises" and new < old):
+            allowed = "can only rise" if r.rule == "rises" else "cannot change"
+            raise ValueError(f"study {opts.study!r} was created with {_flag(name)} {_shown(old)}; it {allowed} on "
+                             f"resume (got {_shown(new)}): use another --study name")
+        changes.append((r.key, int(new)))
+    return changes
+
+
+def _check_data(settings: StudySettings, opts: RunOptions, given: set) -> None:
+    """The study's data (``--synthetic``, ``--dataset``, ``--data``) against the options given."""
     kind = settings.data.get("kind", "cifar10")
     searched = data_title(settings.data)
     if "synthetic" in given and kind != "synthetic":
@@ -339,16 +425,3 @@ def check_resume(settings: StudySettings, opts: RunOptions) -> list[tuple[str, o
             raise ValueError(f"study {opts.study!r} was created on {searched}; --dataset {opts.dataset} cannot change "
                              f"that: use another --study name" + (" (--data DIR says where its folder is on this "
                                                                   "machine)" if kind == "folder" else ""))
-    if "image_size" in given and opts.image_size != settings.image_size:
-        raise ValueError(f"study {opts.study!r} was created with --image-size {settings.image_size}; it cannot "
-                         f"change (got {opts.image_size}): use another --study name")
-    if "proxy_images" in given and opts.proxy_images != settings.proxy_images:
-        raise ValueError(f"study {opts.study!r} was created with --proxy-images {settings.proxy_images or 'all'}; it "
-                         f"cannot change (got {opts.proxy_images}): use another --study name")
-    changes = []
-    if "rungs" in given and opts.rungs and opts.rungs > settings.rungs:
-        changes.append(("rungs", int(opts.rungs)))
-    for key, name in (("heartbeat_interval", "heartbeat"), ("max_retry", "max_retry")):
-        if name in given and getattr(opts, name) != getattr(settings, key):
-            changes.append((key, int(getattr(opts, name))))
-    return changes

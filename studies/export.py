@@ -25,12 +25,16 @@ them): an untrained network is never exported silently.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,9 +48,9 @@ from .config import StudySettings, data_title
 from .objective import load_data
 from .results import Snapshot, finite, first_line, pareto_numbers, plural, snapshot, trials_with_results
 from .retrain_protocol import epochs_text
-from .storage import data_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
+from .storage import data_home, in_home, open_existing, redact_url, resolve_url, sqlite_path, storage_errors
 
-__all__ = ["BEST_RULE", "FILES", "export", "export_dir", "export_trial", "find_weights", "select_trial"]
+__all__ = ["BEST_RULE", "FILES", "check_out", "export", "export_dir", "export_trial", "find_weights", "select_trial"]
 
 FILES = ("spec.json", "weights.pt", "model.pt2", "preprocess.json", "model_card.md", "network.svg")
 ATOL = 1e-5
@@ -111,8 +115,10 @@ def select_trial(study, number: int | None = None):
 def find_weights(trial, storage_url: str | None = None) -> Path:
     """The trained weights file of ``trial`` (its ``weights_path`` user attr).
 
-    A relative path is looked up from the working directory, then in the data
-    home and next to a SQLite study database. Raises a one-line ValueError
+    A relative path is relative to the data home (:func:`studies.storage.in_home`;
+    also looked up next to a SQLite study database); an absolute one, stored by
+    earlier versions, is looked up under this data home's ``runs/`` first, so a
+    copied or moved data home exports its own weights. Raises a one-line ValueError
     telling the user to run ``search.py retrain`` when the trial has no weights.
     """
     a = trial.user_attrs
@@ -125,10 +131,10 @@ def find_weights(trial, storage_url: str | None = None) -> Path:
         raise ValueError(f"trial {trial.number} has no trained weights; run `search.py retrain` on the study "
                          f"first (export never writes an untrained network)")
     path = Path(raw).expanduser()
-    candidates = [path]
+    candidates = [in_home(path)]
     db = sqlite_path(storage_url or "")
-    if not path.is_absolute():
-        candidates += [data_home() / path] + ([db.parent / path] if db is not None else [])
+    if not path.is_absolute() and db is not None:
+        candidates.append(db.parent / path)
     for c in candidates:
         if c.is_file():
             return c
@@ -207,11 +213,7 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
     images it must give the eager network's logits on the normalised images
     (``atol=1e-5``) for a batch of 2 and, when the batch is dynamic, for one image.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    if out.exists() and not force:
-        raise ValueError(f"output folder {out} exists; pass --force to overwrite it")
+    out = check_out(out_dir, force)
     a = trial.user_attrs
     if not a.get("spec"):
         raise ValueError(f"trial {trial.number} records no spec; it was not made by `search.py run`")
@@ -253,7 +255,9 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
         "output": "logits (apply softmax for probabilities)",
         "trained_on": _data_words(study, data),
     }
+    started = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(out, started)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "spec.json").write_text(spec.to_json(indent=2) + "\n")
@@ -275,13 +279,84 @@ def export_trial(study, trial, out_dir: str | Path, *, rule: str = "", force: bo
                        device=str(dev), input_shape=list(shape), data=data)
         (tmp / "network.svg").write_text(models.drawing.network_svg(spec), encoding="utf-8")
         (tmp / "model_card.md").write_text(model_card(study, trial, spec, summary, tmp, storage_url))
-        out.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            os.replace(tmp / name, out / name)
+        _swap_in(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)         # written and not swapped in (an error): nothing half-done
     summary["files"] = [str(out / n) for n in FILES]
     return summary
+
+
+def check_out(out_dir: str | Path, force: bool = False) -> Path:
+    """The output folder ``out_dir``, refused (one-line ValueError) where an export must not go:
+    the root, the home folder, the data home, a file, or a folder holding any file an export
+    does not write (:data:`FILES`). A folder holding a whole previous export is replaced only
+    with ``force``; an empty one, or one holding part of an export (an older version killed
+    mid-way), is written without."""
+    out = Path(out_dir).expanduser()
+    where = out.resolve()
+    refused = {Path(where.anchor): "the root folder", Path.home().resolve(): "your home folder",
+               data_home(): "the data home"}
+    if where in refused:
+        raise ValueError(f"--out {out_dir}: is {refused[where]}; an export needs a folder of its own, "
+                         f"e.g. {where / 'export'}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        foreign = sorted(names - set(FILES))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ValueError(f"--out {out_dir}: holds files an export does not write ({shown}); give a new or "
+                             f"empty folder (--force replaces only a previous export)")
+        if names == set(FILES) and not force:
+            raise ValueError(f"output folder {out_dir} exists (a previous export); pass --force to replace it")
+    return out
+
+
+def _clear_stale(out: Path, started: float) -> None:
+    """Remove the temporary folders (``.NAME.*`` beside ``out``) that exports killed before
+    ``started`` left: folders holding nothing but export files, never anything else."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        try:
+            if p.is_symlink() or not p.is_dir() or p.stat().st_mtime >= started:
+                continue
+            if all(f.name in FILES and f.is_file() for f in p.iterdir()):
+                shutil.rmtree(p)
+        except OSError:
+            continue       # another process removed it, or it is not ours to remove
+
+
+_RENAME_EXCHANGE = 2      # renameat2(2) flag: swap two paths in one step (Linux 3.15+)
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap folders ``a`` and ``b`` atomically (Linux ``renameat2``); False where the system or
+    file system cannot. ctypes, because Python's os module has no renameat2."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Make the complete folder ``tmp`` the folder ``out`` in one rename: ``out`` is never seen
+    half-written. A previous export there is swapped out in the same step (or, where the
+    system cannot swap, renamed aside first) and removed."""
+    try:
+        os.rename(tmp, out)            # out absent, or an empty folder: replaced at once
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp)             # now the previous export
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.rename(out, aside)              # a kill between the two renames leaves .NAME.* for the next export to clear
+    os.rename(tmp, out)
+    shutil.rmtree(aside)
 
 
 def export_dir(study: str) -> Path:

@@ -151,21 +151,30 @@ def hover(r) -> str:
     return "<br>".join(lines)
 
 
-def _markers(g: pd.DataFrame, symbol, numbers, filled=None, hovers=None) -> dict:
-    """Scatter keywords for the rows ``g`` of one family: colour, symbol, fill (filled with a
-    black outline where ``filled``, default: on the front; hollow otherwise), the epochs inside."""
+def _points(fig, g: pd.DataFrame, x, y, symbol, numbers, filled=None, hovers=None) -> None:
+    """Add the rows ``g`` of one family at (``x``, ``y``): colour, symbol, fill (filled with a
+    black outline where ``filled``, default: on the front; hollow otherwise), the epochs inside.
+
+    Hollow and filled points are two traces, the filled drawn last (on top), so that every
+    colour and outline of a trace is one value: plotly validates a per-point colour list point
+    by point, which took most of a page's 11 s at 5,000 networks."""
     colour = FAMILY_COLOURS.get(g["family"].iloc[0], _UNKNOWN_COLOUR)
     symbols = list(symbol) if not isinstance(symbol, str) else [symbol] * len(g)
     filled = list(g["pareto"]) if filled is None else list(filled)
-    solid = _text_colour(colour)
-    return dict(
-        mode="markers+text", text=[_epochs(e) for e in numbers], textposition="middle center",
-        textfont=dict(size=10, color=[solid if f else "#222" for f in filled]),
-        marker=dict(symbol=symbols, size=[_SIZE[s] for s in symbols], color=[colour if f else "#fff" for f in filled],
-                    line=dict(width=[_OUTLINE if f else _RING for f in filled],
-                              color=["#000" if f else colour for f in filled])),
-        hovertext=hovers if hovers is not None else [hover(r) for r in g.itertuples()], hoverinfo="text",
-        customdata=list(g["number"]), showlegend=False, cliponaxis=False)
+    hovers = [hover(r) for r in g.itertuples()] if hovers is None else list(hovers)
+    columns = dict(x=list(x), y=list(y), text=[_epochs(e) for e in numbers], symbol=symbols, hover=hovers,
+                   number=list(g["number"]))
+    for solid in (False, True):
+        keep = [i for i, f in enumerate(filled) if bool(f) == solid]
+        if not keep:
+            continue
+        c = {k: [v[i] for i in keep] for k, v in columns.items()}
+        fig.add_trace(go.Scatter(
+            x=c["x"], y=c["y"], name=g["family"].iloc[0], mode="markers+text", text=c["text"],
+            textposition="middle center", textfont=dict(size=10, color=_text_colour(colour) if solid else "#222"),
+            marker=dict(symbol=c["symbol"], size=[_SIZE[s] for s in c["symbol"]], color=colour if solid else "#fff",
+                        line=dict(width=_OUTLINE if solid else _RING, color="#000" if solid else colour)),
+            hovertext=c["hover"], hoverinfo="text", customdata=c["number"], showlegend=False, cliponaxis=False))
 
 
 def _symbols(g: pd.DataFrame, other: str = "circle") -> list[str]:
@@ -234,11 +243,9 @@ def pareto_figure(done: pd.DataFrame, memory_label: str):
                                  hoverinfo="skip", showlegend=False, line=dict(color=_LINE, width=1.5)))
     rt = done[done["retrain_accuracy"].notna()]
     for fam, g in rt.groupby("family", sort=True):     # under the circles: a circle on its diamond shows both
-        fig.add_trace(go.Scatter(x=g["memory_mib"], y=g["retrain_accuracy"], name=fam,
-                                 **_markers(g, "diamond", g["retrain_epochs"])))
+        _points(fig, g, g["memory_mib"], g["retrain_accuracy"], "diamond", g["retrain_epochs"])
     for fam, g in done.groupby("family", sort=True):
-        fig.add_trace(go.Scatter(x=g["memory_mib"], y=g["accuracy"], name=fam,
-                                 **_markers(g, _symbols(g), g["proxy_epochs"])))
+        _points(fig, g, g["memory_mib"], g["accuracy"], _symbols(g), g["proxy_epochs"])
     for r in rt.itertuples():
         fig.add_annotation(x=r.memory_mib, y=r.retrain_accuracy, ax=r.memory_mib, ay=r.accuracy, xref="x", yref="y",
                            axref="x", ayref="y", showarrow=True, arrowhead=3, arrowsize=1, arrowwidth=1.3,
@@ -257,7 +264,7 @@ def cost_figures(done: pd.DataFrame, budget: float | None = None, tolerance: flo
     for key, title in (("params", "parameters"), ("macs", "MACs per image")):
         fig = go.Figure()
         for fam, g in done.groupby("family", sort=True):
-            fig.add_trace(go.Scatter(x=g[key], y=g["accuracy"], name=fam, **_markers(g, _symbols(g), g["proxy_epochs"])))
+            _points(fig, g, g[key], g["accuracy"], _symbols(g), g["proxy_epochs"])
         if key == "params" and budget:
             lo, hi = (budget * (1 - tolerance), budget * (1 + tolerance)) if tolerance else (budget, budget)
             fig.add_vrect(x0=lo, x1=hi, fillcolor="#888", opacity=0.10, layer="below",
@@ -278,8 +285,7 @@ def retrain_figure(both: pd.DataFrame):
     page's heading); the number inside: the retrain's epochs (the y value's)."""
     fig = go.Figure()
     for fam, g in both.groupby("family", sort=True):
-        fig.add_trace(go.Scatter(x=g["accuracy"], y=g["retrain_accuracy"], name=fam,
-                                 **_markers(g, _symbols(g, "diamond"), g["retrain_epochs"])))
+        _points(fig, g, g["accuracy"], g["retrain_accuracy"], _symbols(g, "diamond"), g["retrain_epochs"])
     for r in both.itertuples():
         _label(fig, r.accuracy, r.retrain_accuracy, f"#{r.number}")
     return _layout(fig, 420, xaxis_title=f"{PROXY_AXIS}, at the highest rung each reached", yaxis_title=TEST_AXIS)
@@ -306,8 +312,7 @@ def history_figures(done: pd.DataFrame, events: pd.DataFrame, hv: list[float]):
         hovers = [f"<b>trial {r.number}</b>: {r.accuracy:.2f}% after {plural(int(r.epochs), 'epoch')}"
                   f"<br>measured {html.escape(str(r.at))}" + ("" if r.current else "<br>replaced later by its longer proxy")
                   + f"<br>{html.escape(r.architecture or '')}" for r in g.itertuples()]
-        fig.add_trace(go.Scatter(x=g["k"], y=g["accuracy"], name=fam,
-                                 **_markers(g, _symbols(g), g["epochs"], filled=filled, hovers=hovers)))
+        _points(fig, g, g["k"], g["accuracy"], _symbols(g), g["epochs"], filled=filled, hovers=hovers)
     acc = _layout(fig, 400, xaxis_title="scores in the order measured", yaxis_title=PROXY_AXIS)
     hvf = go.Figure(go.Scatter(x=x, y=hv, mode="lines", line_shape="hv", line=dict(color=_LINE, width=2),
                                customdata=list(events["number"]),

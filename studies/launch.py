@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models import presets
-from search_space import count_params, param_range, parse_budget
+from search_space import count_params, format_count, param_range, parse_budget
 
 from .claims import worker_name
 from .config import RunOptions, StudySettings, check_resume, data_source
@@ -50,8 +50,8 @@ def _check_reach(budget: int, tol: float) -> None:
     no width there), with the range it reaches."""
     lo, hi = param_range()
     if budget * (1 + tol) < lo or budget * (1 - tol) > hi:
-        raise ValueError(f"--budget {budget:,}: outside the search space's reach; every network shape it samples "
-                         f"meets budgets from {lo:,} to {hi:,} parameters")
+        raise ValueError(f"--budget {format_count(budget)}: outside the search space's reach; every network shape "
+                         f"it samples meets budgets from {lo:,} to {hi:,} parameters")
 
 
 def _preset_names(requested: list[str] | None, settings: StudySettings, say) -> list[str]:
@@ -88,6 +88,7 @@ def _create_or_resume(opts: RunOptions, store: Store, device: str, say, dataset=
         study.set_metric_names(["val_accuracy", settings.memory_key])
     else:
         for key, value in check_resume(settings, opts):
+            say(f"study {opts.study!r}: {key} {getattr(settings, key)} -> {value}, stored for the whole study")
             study.set_user_attr(key, value)
             setattr(settings, key, value)
     target = max(int(opts.trials), int(attrs.get(TARGET_ATTR, 0)))

@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 from .pareto import (crowding_distance, hypervolume, hypervolume_trace, kendall_tau, nondominated_ranks, pareto_mask,
                      rank_for_promotion)
 from .retrain_protocol import describe_retrain
-from .storage import data_home
+from .storage import data_home, in_home
 
 __all__ = ["Snapshot", "budget_text", "counts_text", "crowding_distance", "distinct", "fidelity_results", "finite", "first_line",
            "front", "hypervolume", "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key",
@@ -240,7 +240,8 @@ def _merge(attrs: dict, trials: list) -> list:
                 "retrain_seconds": r.get("seconds"),
                 "retrain_device": r.get("device"),
                 "retrain_cuda_peak_bytes": r.get("cuda_peak_bytes"),
-                "weights_path": r.get("weights_path"),
+                # stored relative to the data home (older studies: absolute): the file on this machine
+                "weights_path": str(in_home(r["weights_path"])) if r.get("weights_path") else None,
                 "retrain_data": r.get("data"),
                 "retrain_record": r,      # the whole record: label, planned epochs, overrides, per-epoch accuracy
                 "retrain_spec": r.get("spec"),

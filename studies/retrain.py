@@ -24,13 +24,13 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import torch
 from optuna.trial import TrialState
 
 import models
 import trainers
 from models import ArchSpec
 from models.measure import measure
+from trainers.checkpoint import atomic_save
 
 from .claims import worker_name
 from .config import StudySettings, data_title
@@ -38,7 +38,7 @@ from .objective import load_data, network_spec
 from .results import Snapshot, pareto_numbers, retrain_results, snapshot, trials_with_results, write_results
 from .retrain_protocol import (PAPER, REACH, check_overrides, describe_retrain, paper_protocol, protocol_epochs,
                                retrain_label, retrain_protocols)
-from .storage import Store, data_home, open_existing, resolve_url, storage_errors
+from .storage import Store, data_home, home_relative, in_home, open_existing, resolve_url, storage_errors
 
 __all__ = ["Incomplete", "retrain", "retrain_table", "retrain_targets", "run_dir"]
 
@@ -130,7 +130,8 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
 
     def finished(key: str) -> dict | None:
         prev = study.user_attrs.get(key)             # fresh: another process may have just finished it
-        ok = prev and prev.get("status") == "ok" and prev.get("weights_path") and Path(prev["weights_path"]).exists()
+        ok = (prev and prev.get("status") == "ok" and prev.get("weights_path")
+              and in_home(prev["weights_path"]).exists())
         return prev if ok else None
 
     for i, t in enumerate(targets):
@@ -163,7 +164,7 @@ def _retrain_study(store: Store, protocol, epochs, overrides, data_root, synthet
             store.claims.release(ckey)                  # done or interrupted: free for a rerun at once
         if r.ok:
             say(f"    test acc {r.test_accuracy:.4f} (proxy {t.user_attrs.get('val_accuracy') or math.nan:.4f})"
-                f"  weights {entry['weights_path']}")
+                f"  weights {in_home(entry['weights_path'])}")
         else:
             say(f"    {r.status}: {r.reason}")
     write_results(Snapshot(study, store.read_trials()))
@@ -200,7 +201,8 @@ def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, 
              "test_accuracy_per_epoch": [h.get("test_accuracy") for h in r.history],
              "seconds": round(sum(h.get("seconds", 0.0) for h in r.history), 3),
              "device": r.device, "cuda_peak_bytes": r.cuda_peak_bytes,
-             "checkpoint_path": str(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now(),
+             # paths relative to the data home, which may be copied or moved (studies.storage.in_home reads them)
+             "checkpoint_path": home_relative(folder / "checkpoint.pt"), "weights_path": None, "finished_at": _now(),
              # what export needs to put the normalisation inside the program
              "data": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
                       "classes": list(data.classes), "image_size": data.image_size}}
@@ -208,10 +210,8 @@ def _retrain_one(study, t, label, protocol, requested, epochs, overrides, data, 
         entry["spec"] = spec.to_json()          # what was trained (export rebuilds this one)
     if r.ok and r.state_dict is not None:
         weights = folder / "weights.pt"
-        tmp = weights.with_suffix(".pt.tmp")
-        torch.save(r.state_dict, tmp)
-        tmp.replace(weights)
-        entry["weights_path"] = str(weights)
+        atomic_save(r.state_dict, weights)        # fsync'd, replaced at once; a full disk names the file
+        entry["weights_path"] = home_relative(weights)
         m = measure(models.build(spec, device="meta"), (spec.in_channels, spec.image_size, spec.image_size))
         entry.update(params=int(m["params"]), inference_bytes_per_image=int(m["inference_bytes_per_image"]),
                      training_bytes_per_image=int(m["training_bytes_per_image"]))
@@ -250,6 +250,6 @@ def retrain_table(study: optuna.Study, reach=REACH) -> pd.DataFrame:
             for acc in reach:
                 row[f"epochs_to_{100 * acc:g}%"] = epochs_to_reach(per_epoch, acc)
             row["test_accuracy_per_epoch"] = per_epoch
-            row["weights_path"] = r.get("weights_path")
+            row["weights_path"] = str(in_home(r["weights_path"])) if r.get("weights_path") else None
             rows.append(row)
     return pd.DataFrame(rows)

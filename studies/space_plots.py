@@ -60,22 +60,23 @@ def sampled_trials(study, frame: pd.DataFrame) -> list:
 
 def importance(study, trials: list) -> dict[str, dict[str, float]] | None:
     """``{"accuracy": {param: importance}, "memory": {...}}`` by PED-ANOVA over ``trials``, or
-    None below :data:`MIN_TRIALS`. PED-ANOVA ranks for low values, so accuracy enters negated."""
+    None below :data:`MIN_TRIALS`. PED-ANOVA ranks for low values, so accuracy enters negated.
+
+    It runs on the study itself (a :class:`~studies.results.Snapshot`'s live study): a trial outside ``trials`` gets a NaN target, which Optuna's
+    evaluators leave out (``optuna.importance``: only trials with a finite target are used). A
+    study copied into memory first would deep-copy every trial (3.5 s of a 13 s page at 5,000)."""
     if len(trials) < MIN_TRIALS:
         return None
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)       # not a line per in-memory study
-    try:
-        sub = optuna.create_study(directions=study.directions)  # in memory: only these trials
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    sub.add_trials(trials)
+    keep = {t.number for t in trials}
+    live = getattr(study, "study", study)    # a Snapshot's live study: Optuna's evaluators ask it
+    params = sorted({p for t in trials for p in t.distributions})
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # PED-ANOVA's reminder that it ranks for low targets
         for key, sign, k in (("accuracy", -1.0, 0), ("memory", 1.0, 1)):
             out[key] = optuna.importance.get_param_importances(
-                sub, evaluator=PedAnovaImportanceEvaluator(), target=lambda t, s=sign, k=k: s * t.values[k])
+                live, evaluator=PedAnovaImportanceEvaluator(), params=params,
+                target=lambda t, s=sign, k=k: s * t.values[k] if t.number in keep else math.nan)
     return out
 
 

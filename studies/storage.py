@@ -39,7 +39,7 @@ from .claims import Claims, RDBClaims
 from .rdb import BulkRDBStorage
 
 __all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure", "quiet_optuna",
-           "storage_errors", "check_name", "data_home", "default_url",
+           "storage_errors", "check_name", "data_home", "default_url", "home_relative", "in_home",
            "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path",
            "storage_file"]
 
@@ -71,6 +71,31 @@ def quiet_optuna() -> None:
 def data_home() -> Path:
     """``$STACKNAS_HOME`` or ``./studies-data``, absolute (spawned workers share it)."""
     return Path(os.environ.get(HOME_ENV) or "studies-data").expanduser().resolve()
+
+
+def home_relative(path: str | Path) -> str:
+    """``path`` as a study stores it: relative to :func:`data_home` when inside it (so a data home
+    copied or moved elsewhere still finds its files), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(data_home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def in_home(stored: str | Path) -> Path:
+    """The file a study's stored path names on this machine: a relative path under :func:`data_home`;
+    an absolute one (stored by earlier versions) under this data home when it names a ``runs/``
+    folder that is here (the home was copied or moved), else as stored."""
+    path = Path(stored).expanduser()
+    if not path.is_absolute():
+        return data_home() / path
+    parts = path.parts
+    if "runs" in parts:
+        here = data_home().joinpath(*parts[len(parts) - 1 - parts[::-1].index("runs"):])
+        if here.exists():
+            return here
+    return path
 
 
 def check_name(name: str) -> str:
@@ -151,6 +176,9 @@ def check_url(url: str, *, create: bool) -> None:
         raise StorageError(f"storage URL {shown!r} is not a database URL; use e.g. sqlite:///path/NAME.db "
                            f"or postgresql://USER:PASSWORD@HOST/DB") from None
     path = sqlite_path(url)
+    if parsed.get_backend_name() == "sqlite" and (path is None or "mode=memory" in url):
+        raise StorageError(f"storage {shown!r} is in memory; a study must outlive the process: use a file, "
+                           f"e.g. sqlite:///path/NAME.db")
     if parsed.get_backend_name() == "sqlite" and path is not None:
         if not create and not path.exists():
             raise StorageError(f"no study database at {path} (check --study / --storage)")
@@ -181,7 +209,7 @@ def check_url(url: str, *, create: bool) -> None:
             with engine.connect() as conn:
                 verdict = conn.execute(sa.text("PRAGMA quick_check")).scalar()
             if verdict != "ok":
-                raise DamagedStorage(f"{path} is not a readable SQLite database ({verdict}); "
+                raise DamagedStorage(f"{path} is not a readable SQLite database ({_verdict(verdict)}); "
                                      f"move it aside and restore a copy, or start another study")
     except sa.exc.DBAPIError as e:
         raise DamagedStorage(f"{path} is not a readable SQLite database ({_one_line(e)}); "
@@ -199,6 +227,15 @@ def _plain():
 def storage_file(url: str) -> Path | None:
     """The file a URL keeps its study in (a SQLite database or a journal), None for a server."""
     return _plain().storage_file(url) if _plain().is_plain(url) else sqlite_path(url)
+
+
+def _verdict(text: str) -> str:
+    """SQLite's ``quick_check`` report in one line: its first problem and how many follow (the
+    report is a header and a line per problem, often dozens)."""
+    problems = [line.strip() for line in str(text).splitlines() if line.strip() and not line.startswith("***")]
+    if len(problems) <= 1:
+        return problems[0] if problems else "quick_check failed"
+    return f"{problems[0]}, and {len(problems) - 1} more problems"
 
 
 def _where(url: str) -> str:

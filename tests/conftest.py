@@ -18,6 +18,31 @@ from studies.plain_store import is_plain, optuna_storage
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# a study that runs in seconds on a CPU: 60k parameters, 64 synthetic 8x8 images, one rung
+TINY_RUN = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
+            "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
+            "--no-progress", "--rungs", "1"]
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """``search.py ARGV`` in this process: (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import search
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = search.main(list(argv))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def refusal(*argv: str) -> str:
+    """``search.py ARGV`` refused as every refusal is: exit code 2, one line on stderr (returned)."""
+    rc, out, err = cli(*argv)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, (rc, out, err)
+    return err.strip()
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A data home (STACKNAS_HOME) for the module: default databases, runs/ and results/ go there;

@@ -294,15 +294,104 @@ def test_bad_input_is_one_line_error(study, argv, message):
 
 
 def test_existing_folder_needs_force(study):
+    """A previous export is replaced only with --force; a folder holding anything else never."""
     storage, tmp = study
     out = tmp / "o"
-    out.mkdir()
+    base = ["export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out)]
+    assert cli(*base)[0] == 0
+    first = (out / "model_card.md").read_text()
+    rc, _, err = cli(*base)
+    assert rc == 2 and "exists (a previous export); pass --force" in err and err.count("\n") == 1
+    assert cli(*base, "--force")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".o.")] == []        # the previous one removed
+    assert (out / "model_card.md").read_text().splitlines()[0] == first.splitlines()[0]
     (out / "keep.txt").write_text("mine")
-    rc, _, err = cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out))
-    assert rc == 2 and "exists; pass --force" in err and err.count("\n") == 1
-    assert not (out / "model.pt2").exists()
-    assert cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out), "--force")[0] == 0
-    assert (out / "model.pt2").is_file() and (out / "keep.txt").read_text() == "mine"
+    for force in ([], ["--force"]):
+        rc, _, err = cli(*base, *force)
+        assert rc == 2 and "holds files an export does not write (keep.txt)" in err and err.count("\n") == 1
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_folder_left_by_a_killed_export_is_written_without_force(study):
+    """Empty, or holding part of an export (what an export killed mid-way used to leave)."""
+    storage, tmp = study
+    for name, left in (("empty", []), ("part", ["spec.json"])):
+        out = tmp / name
+        out.mkdir()
+        for f in left:
+            (out / f).write_text("{}")
+        rc, _, err = cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out))
+        assert rc == 0, err
+        assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+
+
+def test_a_stale_temporary_folder_is_cleared_and_a_foreign_one_kept(study):
+    storage, tmp = study
+    stale, foreign = tmp / ".o.k1ll3d", tmp / ".o.notours"
+    for d in (stale, foreign):
+        d.mkdir()
+        (d / "spec.json").write_text("{}")
+    (foreign / "thesis.tex").write_text("mine")
+    for d in (stale, foreign):
+        os.utime(d, (1e9, 1e9))                                  # from an export killed long ago
+    assert cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(tmp / "o"))[0] == 0
+    assert not stale.exists() and (foreign / "thesis.tex").read_text() == "mine"
+
+
+KILL = r"""
+import os, signal, sys
+import search
+import studies.export
+ex = sys.modules["studies.export"]        # the module (studies.export, the attribute, is the function)
+def kill(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "card":                 # while writing: after model.pt2, before the card
+    ex.model_card = kill
+else:                                     # at the final step: after the first file moved into place
+    real, moved = os.replace, []
+    def replace(a, b):
+        moved.append(b)
+        if len(moved) == 2 and str(b).startswith(sys.argv[-1]):
+            kill()
+        return real(a, b)
+    os.replace = replace
+search.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("when", ["card", "final"])
+def test_an_export_killed_mid_way_leaves_nothing_half_done(study, when):
+    storage, tmp = study
+    out = tmp / "killed"
+    argv = ["export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out)]
+    p = subprocess.run([sys.executable, "-c", KILL, when, *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == -9 if when == "card" else p.returncode in (-9, 0), p.stderr
+    # the folder is absent or holds a whole export, never part of one
+    assert not out.exists() or sorted(x.name for x in out.iterdir()) == sorted(FILES)
+    rc, _, err = cli(*argv, *(["--force"] if out.exists() else []))
+    assert rc == 0, err
+    assert sorted(x.name for x in out.iterdir()) == sorted(FILES)
+    assert [x.name for x in tmp.iterdir() if x.name.startswith(".killed.")] == []      # no temporary left
+
+
+def test_out_is_refused_at_the_root_the_home_folder_and_the_data_home(study, tmp_path, monkeypatch):
+    from studies.export import check_out
+    with pytest.raises(ValueError, match="is the root folder"):
+        check_out("/", force=True)                                # checked without writing anything to /
+    storage, tmp = study
+    home, data = tmp_path / "user", tmp_path / "data-home"
+    home.mkdir()
+    (home / ".bashrc").write_text("# mine")
+    data.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("STACKNAS_HOME", str(data))
+    for out, what in ((home, "your home folder"), (data, "the data home")):
+        rc, _, err = cli("export", "--study", "exp", "--storage", storage, "--trial", "0", "--out", str(out), "--force")
+        assert rc == 2 and f"is {what}" in err and err.count("\n") == 1, err
+        assert not (out / "model.pt2").exists()
+    assert sorted(p.name for p in home.iterdir()) == [".bashrc"] and list(data.iterdir()) == []
 
 
 def test_default_storage_missing(tmp_path, monkeypatch):

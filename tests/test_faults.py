@@ -252,3 +252,87 @@ def test_spec_files_that_are_not_specs_name_the_file(tmp_path):
     deep.write_text("[" * 1000 + "]" * 1000)
     line = one_line_error(*cli("describe", str(deep))[::2])
     assert "deep.json" in line
+
+
+# ----------------------------------------------------------------------------- issue 23, item 6
+def test_a_full_disk_met_in_fsync_names_the_checkpoint(tmp_path, monkeypatch):
+    """flush/fsync report a full disk without a file name: the error names the checkpoint."""
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trainers.checkpoint.os, "fsync", full)
+    path = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(OSError) as e:
+        trainers.checkpoint.atomic_save({"w": torch.ones(3)}, path)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert search._one_line(e.value) == f"cannot write {path}: No space left on device"
+    assert os.listdir(path.parent) == []                        # no temporary left beside it
+
+
+def test_a_spec_with_a_key_given_twice_is_refused(tmp_path):
+    f = tmp_path / "dup.json"
+    f.write_text('{"stages": [{"scheme": "euler", "blocks": 1, "width": 64, "width": 4096}]}')
+    line = one_line_error(*cli("describe", str(f))[::2])
+    assert "'width' is given twice (64 and 4096)" in line and "dup.json" in line
+
+
+@pytest.mark.parametrize("lr", ["1e308", "Infinity"])
+def test_a_learning_rate_past_its_finite_bound_is_refused(home, lr):
+    line = one_line_error(*cli("run", "--study", "lr", "--synthetic", "--device", "cpu", "--no-progress",
+                               "--trials", "1", "--proxy-hparams", f'{{"lr": {lr}}}')[::2])
+    assert "hyperparameter lr: must be a number in [1e-12, 1000]" in line
+    assert not (home / "lr.db").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_an_in_memory_storage_is_refused_in_one_line(home, url):
+    line = one_line_error(*cli("run", "--study", "mem", "--storage", url, "--trials", "1", "--synthetic",
+                               "--device", "cpu", "--no-progress")[::2])
+    assert "is in memory; a study must outlive the process" in line
+
+
+def test_a_damaged_page_says_its_cause_and_the_advice_on_one_line(tmp_path, monkeypatch):
+    db = tmp_path / "demo.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x)")
+    con.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    con.commit()
+    con.close()
+    raw = bytearray(db.read_bytes())
+    for page in (2, 5):                                         # scramble two B-tree pages' cell pointers
+        raw[4096 * page + 8:4096 * page + 58] = b"\x07" * 50
+    db.write_bytes(bytes(raw))
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA quick_check").fetchone()[0].count("\n") > 3     # SQLite's report: many lines
+    con.close()
+    monkeypatch.setenv("STACKNAS_HOME", str(tmp_path))
+    line = one_line_error(*cli("show", "--study", "demo")[::2])
+    assert "not a readable SQLite database (On tree page" in line and "more problems)" in line
+    assert line.endswith("move it aside and restore a copy, or start another study")
+
+
+def test_a_spec_file_that_is_a_fifo_or_a_device_is_not_a_regular_file(tmp_path):
+    import os
+    fifo, zero = tmp_path / "fifo.json", tmp_path / "zero.json"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    for f in (fifo, zero):
+        line = one_line_error(*cli("describe", str(f))[::2])
+        assert f"spec file '{f}' is not a regular file" in line
+
+
+def test_a_write_under_proc_says_cannot_write(retrained):
+    line = one_line_error(*cli("describe", "resnet-20", "--svg", "/proc/stacknas-test.svg")[::2])
+    assert line == "error: cannot write /proc/stacknas-test.svg: No such file or directory"
+    line = one_line_error(*cli("dashboard", "--study", "f", "--out", "/proc/stacknas-test.html")[::2])
+    assert "cannot write /proc/stacknas-test.html" in line and "read" not in line
+    line = one_line_error(*cli("show", "--study", "f", "--csv", "/proc/stacknas-test.csv")[::2])
+    assert "cannot write /proc/stacknas-test.csv" in line
+
+
+def test_a_huge_budget_prints_in_scientific_notation(home):
+    line = one_line_error(*cli("run", "--study", "huge", "--trials", "1", "--budget", "1e300", "--synthetic",
+                               "--device", "cpu", "--no-progress")[::2])
+    assert "--budget 1e+300: outside the search space's reach" in line and len(line) < 200

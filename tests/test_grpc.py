@@ -10,15 +10,11 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-import search
 import studies
-from conftest import free_port
+from conftest import TINY_RUN, free_port, refusal
 from studies import grpc_proxy as proxy_module
 from studies.grpc_proxy import CLAIMS_APPLICATION
 from studies.plain_store import open_plain
-
-TINY = ["--budget", "60k", "--synthetic", "--device", "cpu", "--no-progress"]
-
 
 @pytest.mark.parametrize("url, fragment", [
     ("grpc://127.0.0.1:13000", "a gRPC proxy URL is grpc://HOST:PORT?claims="),
@@ -26,11 +22,10 @@ TINY = ["--budget", "60k", "--synthetic", "--device", "cpu", "--no-progress"]
     ("grpc://127.0.0.1:70000?claims=postgresql://u@h/db", "port 70000 is not a TCP port"),
     ("grpc://127.0.0.1:13000?claims=journal:///x.log", "claims= names the database behind the proxy"),
 ])
-def test_a_malformed_proxy_url_is_one_line(url, fragment, tmp_path, capsys, monkeypatch):
+def test_a_malformed_proxy_url_is_one_line(url, fragment, tmp_path, monkeypatch):
     monkeypatch.setenv("STACKNAS_HOME", str(tmp_path))
-    rc = search.main(["run", "--study", "g", "--storage", url, "--trials", "1", *TINY])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    err = refusal("run", "--study", "g", "--storage", url, "--trials", "1", *TINY_RUN)
+    assert fragment in err, err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -39,13 +34,12 @@ def test_a_proxy_url_shows_without_its_database_password():
     assert studies.redact_url(url) == "grpc://node7:13000?claims=postgresql://nas:***@db.cluster/studies"
 
 
-def test_no_proxy_at_the_address_is_one_line(tmp_path, capsys, monkeypatch):
+def test_no_proxy_at_the_address_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(proxy_module, "_REACH_TIMEOUT", 1)
     url = f"grpc://127.0.0.1:{free_port()}?claims=sqlite:///{tmp_path / 'claims.db'}"
     sa.create_engine(f"sqlite:///{tmp_path / 'claims.db'}").connect().close()
-    rc = search.main(["show", "--study", "g", "--storage", url])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "cannot reach the gRPC storage proxy at 127.0.0.1:" in err and "search.py proxy" in err, err
+    err = refusal("show", "--study", "g", "--storage", url)
+    assert "cannot reach the gRPC storage proxy at 127.0.0.1:" in err and "search.py proxy" in err, err
 
 
 @pytest.mark.postgres

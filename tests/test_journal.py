@@ -22,15 +22,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-import search
 import studies
-from conftest import ROOT, free_port, load_study
+from conftest import ROOT, TINY_RUN, free_port, load_study, refusal
 from studies.claims import RDBClaims
 from studies.file_claims import FileClaims
 
-TINY = ["--budget", "60k", "--tolerance", "0.1", "--synthetic", "--synthetic-images", "64",
-        "--synthetic-image-size", "8", "--proxy-hparams", '{"batch_size": 32}', "--device", "cpu",
-        "--heartbeat", "1", "--no-progress"]
+TINY = [*TINY_RUN, "--heartbeat", "1"]
 
 
 # ----------------------------------------------------------------------------- the claims contract
@@ -216,31 +213,28 @@ def test_show_and_optuna_dashboard_read_a_journal(journal_study):
     ("journal://{tmp}/missing/x.log", "does not exist"),
     ("journal://{tmp}/", "name a journal file"),
 ])
-def test_a_bad_journal_path_is_one_line_and_creates_nothing(path, fragment, tmp_path, capsys, monkeypatch):
+def test_a_bad_journal_path_is_one_line_and_creates_nothing(path, fragment, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STACKNAS_HOME", str(tmp_path / "home"))
     before = sorted(tmp_path.rglob("*"))
-    rc = search.main(["run", "--study", "b", "--storage", path.format(tmp=tmp_path), "--trials", "1", *TINY])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    err = refusal("run", "--study", "b", "--storage", path.format(tmp=tmp_path), "--trials", "1", *TINY)
+    assert fragment in err, err
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_a_folder_whose_filesystem_cannot_lock_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_folder_whose_filesystem_cannot_lock_is_refused(tmp_path, monkeypatch):
     """A filesystem without symbolic links (some SMB and FUSE mounts): the journal's lock cannot
     hold there; refused before anything is written."""
     def no_symlinks(*a, **k):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "symlink", no_symlinks)
     monkeypatch.setenv("STACKNAS_HOME", str(tmp_path / "home"))
-    rc = search.main(["run", "--study", "b", "--storage", f"journal://{tmp_path}/b.log", "--trials", "1", *TINY])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "cannot hold its lock" in err and "Operation not permitted" in err, err
+    err = refusal("run", "--study", "b", "--storage", f"journal://{tmp_path}/b.log", "--trials", "1", *TINY)
+    assert "cannot hold its lock" in err and "Operation not permitted" in err, err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reading_a_journal_that_is_not_there_is_one_line(tmp_path, capsys):
-    rc = search.main(["show", "--study", "b", "--storage", f"journal://{tmp_path}/none.log"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err == f"error: no study journal at {tmp_path}/none.log (check --study / --storage)"
+def test_reading_a_journal_that_is_not_there_is_one_line(tmp_path):
+    err = refusal("show", "--study", "b", "--storage", f"journal://{tmp_path}/none.log")
+    assert err == f"error: no study journal at {tmp_path}/none.log (check --study / --storage)"
     assert list(tmp_path.iterdir()) == []

@@ -162,7 +162,10 @@ def test_diverging_trial_fails_with_its_reason(home):
     name = "div-" + uuid.uuid4().hex[:6]
     rc, out, err = cli("run", "--study", name, "--budget", "60k", "--trials", "1", "--synthetic",
                        "--synthetic-images", "64", "--synthetic-image-size", "8", "--device", "cpu",
-                       "--enqueue-presets", "resnet-20", "--proxy-hparams", '{"lr": 1e30, "warmup_frac": 0, "batch_size": 16}',
+                       "--enqueue-presets", "resnet-20",
+                       # the highest lr allowed with weight decay 1: each step scales the weights by -999,
+                       # so they overflow within the epoch's 12 steps
+                       "--proxy-hparams", '{"lr": 1000, "weight_decay": 1.0, "warmup_frac": 0, "batch_size": 4}',
                        "--no-progress")
     assert rc == 0, err
     (t,) = load(name).get_trials()

@@ -43,6 +43,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise _write_error(path, e) from None
+    except OSError as e:
+        # a full disk met in flush or fsync names no file ("[Errno 28] No space left on device"): name it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

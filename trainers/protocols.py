@@ -116,12 +116,15 @@ PROTOCOLS: dict[str, dict] = {
                    "crop_pad": 0, "flip": False, "dropout": 0.2},
 }
 
+MAX_LR = 1000.0        # the highest learning rate a protocol or an override may ask for
+
 _CHOICES = {"train_on": ("train", "train+val"), "score_on": ("val", "test"),
             "schedule": ("onecycle", "multistep")}
 # (kind, lowest, highest) of every numeric knob: a value outside would make every run fail
 _RANGES = {
-    # a huge lr is allowed: it is how a test forces a run to diverge
-    "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, float("inf")),
+    # lr: up to 1000 (10,000x the papers' 0.1), past where runs diverge (with weight decay 1 a test
+    # forces one to); finite, so that 1e308 or Infinity is refused instead of failing every trial
+    "epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-12, MAX_LR),
     "warmup_frac": (float, 0.0, 1.0), "final_lr_frac": (float, 0.0, 1.0), "gamma": (float, 0.0, 1.0),
     "momentum": (float, 0.0, 0.999), "weight_decay": (float, 0.0, 1.0), "label_smoothing": (float, 0.0, 0.99),
     "crop_pad": (int, 0, 64), "autoaugment_chunk": (int, 1, 65_536), "eval_batch_size": (int, 1, 65_536),
