@@ -34,7 +34,7 @@ from fractions import Fraction
 from typing import Callable
 
 from ._svg import BOX_H, BOX_W, FONT, FONT_FAMILY, LINE, LOOK, NODE_R, SMALL, Op, Part, esc, node, path, rails, sub, text
-from .networks import describe_stage
+from .naming import describe_stage
 from .schemes import TABLEAUX, Coefficient
 from .spec import ArchSpec, StageSpec
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Coefficient = Union[Fraction, float]
 
@@ -96,6 +97,7 @@ class ButcherTableau:
     @cached_property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(c, A, b)`` as float64 tensors, ``A`` full ``s x s``, made once."""
+        import torch  # noqa: PLC0415 - late: the readers of a study use the tableaux without PyTorch
         s = self.stages
         A = torch.zeros(s, s, dtype=torch.float64, device="cpu")  # never a default device (meta builds)
         for i, row in enumerate(self.a):

@@ -36,16 +36,17 @@ from pathlib import Path
 import pandas as pd
 
 import models
+from models.naming import scheme_label
+
 from . import figures
-from .objective import scheme_label
 from .page_script import PAGE_CSS, PAGE_JS, STATE_JS
 from .page_sections import Plots, as_json, network_panel, retrain_hint, rungs_text
 from .retrain_protocol import describe_retrain
-from .results import (Snapshot, budget_text, counts_text, fidelity_results, finite, first_line, hypervolume_history,
-                      lineage_counts, plural, scored, snapshot, spec_of, summary, trials_table, trials_with_results)
+from .results import (TARGET_ATTR, Snapshot, budget_text, counts_text, fidelity_results, finite, first_line,
+                      hypervolume_history, lineage_counts, plural, scored, snapshot, spec_of, summary, trials_table,
+                      trials_with_results)
 from .sortable_table import TABLE_CSS, TABLE_JS, csv_link, filters_html, front_table_html, table_html
 from .storage import data_home, open_existing, redact_url, resolve_url, storage_errors
-from .worker import TARGET_ATTR
 
 __all__ = ["build_dashboard", "dashboard", "measurements", "trials_frame", "write_dashboard"]
 

@@ -41,6 +41,7 @@ import models
 import trainers
 from models import ArchSpec, SpecError, presets
 from models.measure import measure
+from models.naming import scheme_label
 from search_space import BudgetError, sample_spec, solve_widths, within_budget
 
 from .session import Session
@@ -117,16 +118,6 @@ def proxy_data(session: Session) -> trainers.Dataset:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def stage_scheme(stage) -> str:
-    """A stage's scheme as tables and colours name it: ``rk4(paper)``, ``midpoint-nested``."""
-    return stage.scheme + ("(paper)" if stage.form == "paper" else "") + ("-nested" if stage.depth else "")
-
-
-def scheme_label(spec: ArchSpec) -> str:
-    """The distinct stage schemes of a network, in order, joined by ``+``."""
-    return "+".join(dict.fromkeys(stage_scheme(s) for s in spec.stages))
 
 
 def spec_for_trial(trial: optuna.Trial, session: Session) -> ArchSpec:

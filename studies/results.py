@@ -50,9 +50,10 @@ __all__ = ["Snapshot", "budget_text", "counts_text", "crowding_distance", "disti
            "front", "hypervolume", "hypervolume_history", "kendall_tau", "lineage_counts", "memory_key",
            "nondominated_ranks", "pareto_mask", "pareto_numbers", "pareto_set", "plural", "rank_for_promotion",
            "results_dir", "retrain_results", "scored", "spec_of", "summary", "summary_lines", "trials_table",
-           "trials_with_results", "write_results"]
+           "trials_with_results", "write_results", "TARGET_ATTR"]
 
 FIDELITY_PREFIX = "fidelity:"   # study user attr fidelity:{number}:{epochs} -> dict (promotion result)
+TARGET_ATTR = "trials"       # study user attr: the number of trial lineages the study should hold
 RETRAIN_PREFIX = "retrain:"     # study user attr retrain:{number}:{label} -> dict (full retrain result)
 
 

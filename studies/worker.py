@@ -48,13 +48,12 @@ from .claims import Beating, local_process
 from .config import RunOptions
 from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
-from .results import lineage_counts
+from .results import TARGET_ATTR, lineage_counts
 from .session import Session
 from .storage import DEFAULT_GRACE_FACTOR, is_storage_failure, quiet_optuna, storage_errors
 
 __all__ = ["TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers", "work"]
 
-TARGET_ATTR = "trials"       # study user attr: the number of trial lineages the study should hold
 
 
 def make_sampler(seed: int, worker_index: int = 0, existing: int = 0) -> optuna.samplers.TPESampler:
