@@ -405,15 +405,19 @@ def report(path: str) -> str:
             cells = [label, *(_fmt(value(c, n, key, field)) for c in codes for n in sizes)]
             growth = {}
             for c in codes:
+                if len(sizes) < 2:          # one size: nothing grew
+                    growth[c] = None
+                    continue
                 a, b = value(c, sizes[-2], key, field), value(c, sizes[-1], key, field)
-                growth[c] = b / a if a and b is not None and len(sizes) > 1 else None
-                if len(sizes) > 1:
-                    cells.append("-" if growth[c] is None else f"{growth[c]:.1f}x")
+                growth[c] = b / a if a and b is not None else None
+                cells.append("-" if growth[c] is None else f"{growth[c]:.1f}x")
             after = codes[-1]
             last = value(after, sizes[-1], key, field)
             if limit is not None:
                 ok = last is not None and last < limit and (growth[after] or 0) <= GROWTH_LIMIT
                 cells += [f"< {limit:g} s, ≤ {GROWTH_LIMIT:g}x", "yes" if ok else "**no**"]
+            elif field == "median_seconds" and value(after, sizes[-1], key, field) is None:
+                cells += ["", "not measured"]
             elif field == "median_seconds":
                 first = value(after, sizes[0], key, field)
                 flat = last / first if first and last is not None else None
