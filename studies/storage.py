@@ -193,6 +193,8 @@ def _storage_message(url: str, e: BaseException) -> str:
     hint = ""
     if "disk is full" in text or "No space left" in text:
         hint = f" (free space on {path.parent if path else 'the database server'})"
+    elif "disk I/O error" in text and path:      # SQLite: a write refused (full, a quota, a size limit)
+        hint = f" (a write to {path} or its journal failed: check the space and quota on {path.parent})"
     elif "readonly" in text or "read-only" in text or "unable to open database file" in text:
         hint = f" (no write permission on {path} or its folder)" if path else " (no write permission)"
     return f"storage {_where(url)}: {text}{hint}"
