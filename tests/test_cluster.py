@@ -67,7 +67,11 @@ def gone(pid: int, within: float = 10.0) -> bool:
 
 def stopped_output(p: subprocess.Popen, code: int) -> list[str]:
     """The run's exit code is ``code``; its lines other than the trials' own."""
-    out, _ = p.communicate(timeout=WAIT)
+    try:
+        out, _ = p.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail(f"the run did not stop in {WAIT} s:\n{p.communicate()[0]}")
     assert p.returncode == code, out
     assert "Traceback" not in out and "leaked" not in out, out
     return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(("trial ", "[w"))]
