@@ -24,8 +24,9 @@ from .config import RunOptions, StudySettings, check_resume, data_source
 from .objective import forget_data, load_data
 from .results import Snapshot, lineage_counts, write_results
 from .session import Session
-from .storage import Store, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path, storage_errors
-from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
+from .storage import (Store, StorageError, check_url, data_home, open_store, redact_url, resolve_url, sqlite_path,
+                      storage_errors)
+from .worker import STORAGE_FAILED, TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
 
@@ -173,9 +174,13 @@ def _run(opts: RunOptions, say) -> dict:
             else:
                 forget_data()                # the workers read their own copies
                 codes = run_workers(session, opts, bar, echo)
-                bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c]
+                bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c not in (0, STORAGE_FAILED)]
                 if bad:
                     echo("; ".join(bad))
+                if STORAGE_FAILED in codes:      # each said why in its line; the launcher exits as they did
+                    raise StorageError(f"the storage failed under worker(s) "
+                                       f"{', '.join(str(i) for i, c in enumerate(codes) if c == STORAGE_FAILED)} "
+                                       f"(their lines above); re-run the same command once it is back")
             update_bar(bar, session)
         finally:
             bar.close()

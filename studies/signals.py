@@ -65,7 +65,8 @@ def exit_code(e: KeyboardInterrupt) -> int:
 
 def stopped_line(e: KeyboardInterrupt) -> str:
     """The one line a command stopped by ``e`` prints."""
-    return f"{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}; re-run the same command to resume"
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    return f"{what}; re-run the same command to resume"
 
 
 def die_with_parent(parent_pid: int) -> None:

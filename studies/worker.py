@@ -54,9 +54,10 @@ from .results import lineage_counts
 from .session import Session
 from .storage import DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, storage_errors
 
-__all__ = ["TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers", "work"]
+__all__ = ["STORAGE_FAILED", "TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers", "work"]
 
 TARGET_ATTR = "trials"       # study user attr: the number of trial lineages the study should hold
+STORAGE_FAILED = 2           # exit code of a worker process the storage failed under (it printed why)
 
 
 def make_sampler(seed: int, worker_index: int = 0, existing: int = 0) -> optuna.samplers.TPESampler:
@@ -368,7 +369,7 @@ def _worker_main(session: Session, opts: RunOptions, env: dict, launcher: int) -
         sys.exit(signals.exit_code(e))
     except StorageError as e:
         print(f"[w{opts.worker_index}] error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(STORAGE_FAILED)
     finally:
         session.close()
 

@@ -190,26 +190,40 @@ def test_a_killed_workers_trials_are_requeued_at_once_and_stderr_stays_clean(tmp
 
 # ----------------------------------------------------------------------------- the database fails
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
-def test_sqlite_failing_under_a_running_trial_is_one_line_and_a_rerun_requeues_it(tmp_path):
-    """The database file stops taking writes while trial 1 runs (a file-size limit of 1 byte
-    put on the process from outside: every write that grows a file fails as on a full disk,
-    and root is not exempt): exit 2, one line naming the file and the cause; the next run
-    re-queues trial 1 at once and finishes."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sqlite_failing_under_a_running_trial_is_one_line_and_a_rerun_requeues_it(tmp_path, workers):
+    """The database file stops taking writes while trials run (a file-size limit of 1 byte put
+    on the worker processes from outside: every write that grows a file fails as on a full
+    disk, and root is not exempt): exit 2, one line naming the file and the cause (with
+    --workers 2, one per worker and the launcher's); the next run re-queues those trials at
+    once and finishes."""
     db = tmp_path / "failing.db"
-    url, name, n = f"sqlite:///{db}", "failing", 3
-    p = launch(url, name, n, *BEAT, env=slow_trials(tmp_path, "1", 4), home=tmp_path)
-    wait_running(p, url, name, {1})
-    resource.prlimit(p.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
-    (line,) = stopped_output(p, 2)
-    assert line.startswith(f"error: storage {db}: disk I/O error"), line
+    url, name, n = f"sqlite:///{db}", "failing", 4
+    slow = {1} if workers == 1 else {1, 2}           # trial 0 written whole before the failure
+    p = launch(url, name, n, "--workers", str(workers), *BEAT,
+               env=slow_trials(tmp_path, ",".join(map(str, slow)), 4), home=tmp_path)
+    pids = wait_running(p, url, name, slow)
+    for pid in pids.values():
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+    cause = f"error: storage {db}: disk I/O error"
+    if workers == 1:
+        (line,) = stopped_output(p, 2)
+        assert line.startswith(cause), line
+    else:
+        out, _ = p.communicate(timeout=WAIT)
+        assert p.returncode == 2 and "Traceback" not in out, out
+        said = sorted(ln for ln in out.splitlines() if ln.startswith("[w") and "error:" in ln)
+        assert [ln.split(" ", 1)[1][:len(cause)] for ln in said] == [cause, cause], out
+        assert out.strip().splitlines()[-1] == ("error: the storage failed under worker(s) 0, 1 (their lines above); "
+                                                "re-run the same command once it is back"), out
     t0 = time.time()
     finish(launch(url, name, n, *BEAT, home=tmp_path), timeout=WAIT)
     assert time.time() - t0 < WAIT
     trials = {t.number: t for t in trials_of(url, name)}
-    assert trials[0].state.name == "COMPLETE" or trials[0].state.name == "PRUNED"     # nothing else lost
-    assert_requeued(url, name, {1}, None)          # "lost": nothing could be written for it
+    assert trials[0].state.name in ("COMPLETE", "PRUNED")      # nothing else lost
+    assert_requeued(url, name, slow, None)          # "lost": nothing could be written for them
     c = lineage_counts(trials.values())
-    assert c["finished"] == c["total"] == n and c["retried"] == 1, c
+    assert c["finished"] == c["total"] == n and c["retried"] == len(slow), c
 
 
 def _pg_bin(program: str) -> str | None:
