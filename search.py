@@ -36,7 +36,7 @@ import pandas as pd
 # torch comes with models, trainers and most of studies: each command imports what it uses
 # (late, below), so that `show` starts without torch (under 3 s at 5,000 trials, imports included)
 import studies
-from studies import grpc_proxy
+from studies import grpc_proxy, signals
 from studies.retrain_protocol import PAPER, PAPER_RULE, REACH, protocol_epochs, retrain_protocols
 
 
@@ -676,11 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError) as e:          # models.SpecError is a ValueError
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:        # Ctrl-C, or SIGTERM (studies.signals): the trial is re-queued
+        print(signals.stopped_line(e), file=sys.stderr)
+        return signals.exit_code(e)
     return 0
 
 
 if __name__ == "__main__":
+    signals.handle_sigterm()          # a batch system's SIGTERM stops the command as Ctrl-C does
     sys.exit(main())

@@ -75,6 +75,7 @@ from evidence_plan import DEFAULT, ROW_2M, SMOKE, Plan, estimate, plan_key  # no
 from evidence_report import (STAGES, figures, retrain_figures, screenshot, study_figures, trial_counts,  # noqa: E402
                              write_report)
 from models.measure import measure  # noqa: E402
+from studies import signals  # noqa: E402
 from trainers import _runtime  # noqa: E402
 
 STUDY = "evidence"
@@ -490,10 +491,15 @@ def main(argv=None) -> int:
     run.evidence.setdefault("invocations", []).append({"time_utc": _now(), "argv": argv})
     run.evidence["provenance"] = provenance(run.device)
     run.save()
-    ok = [run_stage(run, name) for name in STAGES if name in args.stages]
+    try:
+        ok = [run_stage(run, name) for name in STAGES if name in args.stages]
+    except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM: the running trial was re-queued
+        print(f"evidence: {signals.stopped_line(e)}", file=sys.stderr)
+        return signals.exit_code(e)
     print(f"evidence: {run.path}" + ("" if all(ok) else "  (not every stage is ok: see its reason)"))
     return 0 if all(ok) else 1
 
 
 if __name__ == "__main__":
+    signals.handle_sigterm()           # a batch system's SIGTERM stops it as Ctrl-C does
     sys.exit(main())

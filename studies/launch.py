@@ -22,10 +22,11 @@ from search_space import count_params, format_count, param_range, parse_budget
 from .claims import worker_name
 from .config import RunOptions, StudySettings, check_resume, data_source
 from .objective import forget_data, load_data
-from .results import Snapshot, lineage_counts, write_results
+from .results import TARGET_ATTR, Snapshot, lineage_counts, write_results
 from .session import Session
-from .storage import Store, check_url, data_home, open_store, redact_url, resolve_url, storage_errors, storage_file
-from .worker import TARGET_ATTR, default_device, quiet_optuna, run_workers, update_bar, work
+from .storage import (Store, StorageError, check_url, data_home, open_store, redact_url, resolve_url, storage_errors,
+                      storage_file)
+from .worker import STORAGE_FAILED, default_device, quiet_optuna, run_workers, update_bar, work
 
 __all__ = ["DIRECTIONS", "run"]
 
@@ -174,9 +175,13 @@ def _run(opts: RunOptions, say) -> dict:
             else:
                 forget_data()                # the workers read their own copies
                 codes = run_workers(session, opts, bar, echo)
-                bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c]
+                bad = [f"worker {i} exited with {c}" for i, c in enumerate(codes) if c not in (0, STORAGE_FAILED)]
                 if bad:
                     echo("; ".join(bad))
+                if STORAGE_FAILED in codes:      # each said why in its line; the launcher exits as they did
+                    raise StorageError(f"the storage failed under worker(s) "
+                                       f"{', '.join(str(i) for i, c in enumerate(codes) if c == STORAGE_FAILED)} "
+                                       f"(their lines above); re-run the same command once it is back")
             update_bar(bar, session)
         finally:
             bar.close()

@@ -38,8 +38,8 @@ from sqlalchemy.engine import make_url
 from .claims import Claims, RDBClaims
 from .rdb import BulkRDBStorage
 
-__all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "is_storage_failure", "quiet_optuna",
-           "storage_errors", "check_name", "data_home", "default_url", "home_relative", "in_home",
+__all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "database_error", "is_storage_failure",
+           "quiet_optuna", "storage_errors", "check_name", "data_home", "default_url", "home_relative", "in_home",
            "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path",
            "storage_file"]
 
@@ -249,9 +249,23 @@ def _storage_message(url: str, e: BaseException) -> str:
     hint = ""
     if "disk is full" in text or "No space left" in text:
         hint = f" (free space on {path.parent if path else 'the database server'})"
+    elif "disk I/O error" in text and path:      # SQLite: a write refused (full, a quota, a size limit)
+        hint = f" (a write to {path} or its journal failed: check the space and quota on {path.parent})"
     elif "readonly" in text or "read-only" in text or "unable to open database file" in text:
         hint = f" (no write permission on {path} or its folder)" if path else " (no write permission)"
     return f"storage {_where(url)}: {text}{hint}"
+
+
+def database_error(e: BaseException) -> BaseException | None:
+    """The database's own error behind ``e`` (SQLAlchemy's, which holds the driver's), or None
+    when ``e`` is not one. Optuna's storage wraps what SQLAlchemy raises in a
+    ``StorageInternalError`` whose text says only that a commit failed: the cause is its
+    ``__cause__`` (or ``__context__``)."""
+    seen = set()
+    while isinstance(e, optuna.exceptions.StorageInternalError) and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return e if isinstance(e, sa.exc.SQLAlchemyError) else None
 
 
 @contextlib.contextmanager
@@ -260,13 +274,16 @@ def storage_errors(url: str):
     (a full disk, a read-only folder, a lost server) instead of chained tracebacks."""
     try:
         yield
-    except sa.exc.SQLAlchemyError as e:
-        raise StorageError(_storage_message(url, e)) from None
+    except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+        cause = database_error(e)
+        raise StorageError(_storage_message(url, cause if cause is not None else e)) from None
 
 
 def is_storage_failure(e: BaseException) -> bool:
-    """True for errors of the database itself (full, read-only, gone): nothing more can be written."""
-    return isinstance(e, (sa.exc.OperationalError, sa.exc.DatabaseError, StorageError))
+    """True for errors of the database itself (full, read-only, gone; raised by SQLAlchemy or
+    wrapped by Optuna): nothing more can be written."""
+    return isinstance(e, StorageError) or isinstance(database_error(e), (sa.exc.OperationalError,
+                                                                          sa.exc.DatabaseError))
 
 
 def stale_trial_callback(max_retry: int):

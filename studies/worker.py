@@ -13,9 +13,11 @@ the processes that run several workers on one machine.
 * **Heartbeats.** A worker beats for its running trial; a trial silent for
   three beats is failed by the next worker that looks (Optuna's
   ``fail_stale_trials``; on a storage without Optuna's heartbeats, a journal or the gRPC
-  proxy, the same through the study's claims: :mod:`studies.plain_store`) and re-queued with the same parameters, so a
-  SIGKILLed worker's trial is retried and finished; Ctrl-C fails the trial as
-  "interrupted" and re-queues it the same way.
+  proxy, the same through the study's claims: :mod:`studies.plain_store`) and re-queued with
+  the same parameters, so a SIGKILLed worker's trial is retried and finished. A trial whose
+  worker was a process of this machine that no longer exists is re-queued at once, without
+  waiting out the beats. Ctrl-C or SIGTERM fails the trial as "interrupted" and re-queues it
+  the same way (:mod:`studies.signals`); spawned workers stop with their launcher.
 * **Promotions first** (:mod:`studies.promotion`), then trials; a worker leaves
   when nothing is waiting, running or being promoted anywhere in the study
   and the target is reached.
@@ -43,17 +45,19 @@ import optuna
 import torch
 from optuna.trial import TrialState, create_trial
 
-from . import objective
+from . import objective, signals
 from .claims import Beating, local_process
 from .config import RunOptions
 from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
 from .results import TARGET_ATTR, lineage_counts
 from .session import Session
-from .storage import DEFAULT_GRACE_FACTOR, is_storage_failure, quiet_optuna, storage_errors
+from .storage import DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, storage_errors
 
-__all__ = ["TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers", "work"]
+__all__ = ["STORAGE_FAILED", "TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers",
+           "work"]
 
+STORAGE_FAILED = 2           # exit code of a worker process the storage failed under (it printed why)
 
 
 def make_sampler(seed: int, worker_index: int = 0, existing: int = 0) -> optuna.samplers.TPESampler:
@@ -79,15 +83,24 @@ def fresh_history(study: optuna.Study) -> None:
 
 def fail_stale_trials(session: Session) -> None:
     """Optuna's stale-trial check (a RUNNING trial whose heartbeat has been silent for the grace
-    period is failed and retried), except that a trial whose worker is a live process of this
-    machine is not stale: its heartbeat is renewed first. On an overloaded machine a heartbeat
-    thread can go seconds without the CPU; a process that exists is still running its trial
-    (Ctrl-C fails it itself). A dead process here, or any process elsewhere, is judged by its
-    heartbeat alone."""
-    study = session.study
-    alive = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if local_process(t.user_attrs.get("worker") or "")}
-    session.store.fail_stale_trials(study, spare=alive)
+    period is failed and retried), except that the worker is asked first where it is a process
+    of this machine. A live one is still running its trial: its heartbeat is renewed (on an
+    overloaded machine a heartbeat thread can go seconds without the CPU; Ctrl-C fails the
+    trial itself). A dead one (killed, or stopped by a database that failed under it) will
+    never beat again: its trial is failed and retried now, not three heartbeats later. A
+    process elsewhere is judged by its heartbeat alone."""
+    store, study = session.store, session.study
+    alive = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        local = local_process(t.user_attrs.get("worker") or "")
+        if local:
+            alive.add(t.number)
+        elif local is False:
+            # no fail_reason: the tables call it "lost" and name its retry, as after a heartbeat
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                store.storage.set_trial_state_values(store.trial_id(t.number), state=TrialState.FAIL)
+                _retry(study, t.number, session.settings.max_retry)
+    store.fail_stale_trials(study, spare=alive)
 
 
 # --------------------------------------------------------------------------
@@ -108,6 +121,9 @@ def _take_trial(session: Session) -> tuple[int, bool] | None:
         if waiting:
             number = min(t.number for t in waiting)
             trial_id = store.trial_id(number)
+            # its worker named before it runs: a retry carries its dead predecessor's worker,
+            # which the stale check would take for this trial's (see fail_stale_trials)
+            store.write_trial(number, {"worker": session.owner})
             store.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
             return trial_id, True
         if lineage_counts(trials)["total"] >= int(store.attrs().get(TARGET_ATTR, 0)):
@@ -151,9 +167,8 @@ class _Taken:
         if self.beat:
             self.beat.__enter__()
         a = self.trial.user_attrs
-        if queued:                           # taken from the queue: say who runs it; a retry starts clean
-            store.write_trial(self.trial.number, {"worker": session.owner,
-                                                  **({"fail_reason": None} if a.get("fail_reason") else {})})
+        if queued and a.get("fail_reason"):  # a retry starts clean (its worker is named already)
+            store.write_trial(self.trial.number, {"fail_reason": None})
         preset = a.get("preset")
         self.label = f"trial {self.trial.number}" + (f" [{preset}]" if preset else "")
         self.prepared: objective.Prepared | None = None
@@ -205,10 +220,14 @@ class _Taken:
             raise
         except Exception as e:  # noqa: BLE001 - a bug in one architecture must not stop the study
             if is_storage_failure(e):
-                # the database itself refuses (full disk, read-only): mark the trial failed if it
-                # still takes that one write, then stop this worker with one line, writing nothing more
+                # the database itself refuses (full disk, read-only, server gone): fail and re-queue
+                # the trial if it still takes those writes, then stop this worker with one line. If
+                # not, the trial stays RUNNING under this process, which is about to be gone: the
+                # next run here re-queues it at once (fail_stale_trials), one elsewhere after the
+                # heartbeat's grace period
                 with contextlib.suppress(Exception):
-                    study.tell(trial, state=TrialState.FAIL)
+                    self._end(TrialState.FAIL, {"status": "error", "fail_reason": "the storage failed; re-queued"})
+                    _retry(study, trial.number, self.session.settings.max_retry)
                 self.state = "FAIL"
                 raise
             reason = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -341,16 +360,22 @@ def default_device() -> str:
 # several workers on one machine
 # --------------------------------------------------------------------------
 
-def _worker_main(session: Session, opts: RunOptions, env: dict) -> None:
-    """Entry point of a spawned worker process: the session pickled, the storage opened here."""
+def _worker_main(session: Session, opts: RunOptions, env: dict, launcher: int) -> None:
+    """Entry point of a spawned worker process of process ``launcher``: the session pickled, the
+    storage opened here. SIGTERM and the launcher's death stop it as Ctrl-C does
+    (:func:`studies.signals.worker_process`); a storage failure is one line, exit 2."""
+    signals.worker_process(launcher)
     os.environ.update(env)
     threads = env.get("STACKNAS_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     try:
         work(session, opts, say=lambda m: print(f"[w{opts.worker_index}] {m}", flush=True))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(signals.exit_code(e))
+    except StorageError as e:
+        print(f"[w{opts.worker_index}] error: {e}", file=sys.stderr, flush=True)
+        sys.exit(STORAGE_FAILED)
     finally:
         session.close()
 
@@ -372,7 +397,7 @@ def run_workers(session: Session, opts: RunOptions, bar, say) -> list[int]:
         else:
             env["STACKNAS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // opts.workers))
         w = replace(opts, worker_index=i, progress=False)
-        p = ctx.Process(target=_worker_main, args=(replace(session, progress=False), w, env),
+        p = ctx.Process(target=_worker_main, args=(replace(session, progress=False), w, env, os.getpid()),
                         name=f"stacknas-worker-{i}")
         p.start()
         procs.append(p)
@@ -381,8 +406,14 @@ def run_workers(session: Session, opts: RunOptions, bar, say) -> list[int]:
             update_bar(bar, session)
             for p in procs:
                 p.join(timeout=1.0 / len(procs))
-    except KeyboardInterrupt:
-        for p in procs:                      # they got SIGINT too; give them time to re-queue
+    except KeyboardInterrupt as e:
+        # Ctrl-C reached the workers too (one process group); SIGTERM is sent to this process
+        # alone (kill, timeout, Kubernetes): pass it on. Then give them time to re-queue.
+        if isinstance(e, signals.Terminated):
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+        for p in procs:
             p.join(timeout=30)
         raise
     update_bar(bar, session)
