@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .claims import Claims, RDBClaims
 from .rdb import BulkRDBStorage
 
 __all__ = ["DEFAULT_GRACE_FACTOR", "DamagedStorage", "Store", "StorageError", "database_error", "is_storage_failure",
-           "quiet_optuna", "storage_errors", "check_name", "data_home", "default_url", "home_relative", "in_home",
+           "proxy_error", "quiet_optuna", "storage_errors", "check_name", "data_home", "default_url", "home_relative", "in_home",
            "driver_url", "list_study_names", "open_existing", "open_store", "redact_url", "resolve_url", "sqlite_path",
            "storage_file"]
 
@@ -268,22 +269,41 @@ def database_error(e: BaseException) -> BaseException | None:
     return e if isinstance(e, sa.exc.SQLAlchemyError) else None
 
 
+def proxy_error(e: BaseException) -> str | None:
+    """``CODE: details`` of a failed call to Optuna's gRPC storage proxy (gone, refused), or None
+    when ``e`` is not one. grpc is looked up, not imported: it is an optional extra, and no
+    ``RpcError`` can arise in a process that never imported it."""
+    grpc = sys.modules.get("grpc")
+    if grpc is None or not isinstance(e, grpc.RpcError):
+        return None
+    code, details = getattr(e, "code", None), getattr(e, "details", None)
+    if callable(code) and callable(details):
+        first = (str(details() or "").strip().splitlines() or [""])[0]
+        return f"the proxy did not answer ({code().name}: {first})"
+    return f"the proxy did not answer ({_one_line(e)})"
+
+
 @contextlib.contextmanager
 def storage_errors(url: str):
     """One line naming the storage and the cause for what a storage raises while in use
-    (a full disk, a read-only folder, a lost server) instead of chained tracebacks."""
+    (a full disk, a read-only folder, a lost server or proxy) instead of chained tracebacks."""
     try:
         yield
     except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         cause = database_error(e)
         raise StorageError(_storage_message(url, cause if cause is not None else e)) from None
+    except Exception as e:
+        lost = proxy_error(e)
+        if lost is None:
+            raise
+        raise StorageError(f"storage {_where(url)}: {lost}") from None
 
 
 def is_storage_failure(e: BaseException) -> bool:
     """True for errors of the database itself (full, read-only, gone; raised by SQLAlchemy or
-    wrapped by Optuna): nothing more can be written."""
-    return isinstance(e, StorageError) or isinstance(database_error(e), (sa.exc.OperationalError,
-                                                                          sa.exc.DatabaseError))
+    wrapped by Optuna) or of a lost gRPC proxy: nothing more can be written."""
+    return (isinstance(e, StorageError) or proxy_error(e) is not None
+            or isinstance(database_error(e), (sa.exc.OperationalError, sa.exc.DatabaseError)))
 
 
 def stale_trial_callback(max_retry: int):

@@ -42,6 +42,31 @@ def test_no_proxy_at_the_address_is_one_line(tmp_path, monkeypatch):
     assert "cannot reach the gRPC storage proxy at 127.0.0.1:" in err and "search.py proxy" in err, err
 
 
+def test_a_proxy_lost_while_in_use_is_a_storage_failure_in_one_line():
+    """A proxy that goes away mid-run raises grpc's RpcError from the worker's next storage call:
+    it stops the worker as a database failure does (exit 2, one line), not as a bug in a trial."""
+    grpc = pytest.importorskip("grpc")
+
+    class Unavailable(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "failed to connect to all addresses\nipv4:127.0.0.1:13000: Connection refused"
+
+    url = "grpc://127.0.0.1:13000?claims=postgresql://nas:s3cret@db/studies"
+    assert studies.storage.is_storage_failure(Unavailable())
+    assert not studies.storage.is_storage_failure(ValueError("a bug in a trial"))
+    with pytest.raises(studies.StorageError) as e:
+        with studies.storage.storage_errors(url):
+            raise Unavailable()
+    assert "the proxy did not answer (UNAVAILABLE: failed to connect" in str(e.value)
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError):                 # anything else passes through untouched
+        with studies.storage.storage_errors(url):
+            raise ValueError("a bug in a trial")
+
+
 @pytest.mark.postgres
 def test_a_worker_through_the_proxy_holds_no_database_connection_between_claims(grpc_proxy):
     """The study and its trials go through the proxy; the claims connect, claim, and close."""
