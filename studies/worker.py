@@ -52,7 +52,8 @@ from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
 from .results import TARGET_ATTR, lineage_counts
 from .session import Session
-from .storage import DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, storage_errors
+from .storage import (DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, stale_trial_callback,
+                      storage_errors)
 
 __all__ = ["STORAGE_FAILED", "TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers",
            "work"]
@@ -139,7 +140,7 @@ def _take_trial(session: Session) -> tuple[int, bool] | None:
 
 def _retry(study: optuna.Study, number: int, max_retry: int) -> None:
     t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, t)
+    stale_trial_callback(max_retry)(study, t)
 
 
 def _mib(b) -> str:
