@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from .file_claims import FileClaims
 from .grpc_proxy import claims_for, is_grpc, open_proxy, parse_grpc
 from .journal import check_journal, claims_folder, is_journal, journal_path, open_journal
-from .storage import DEFAULT_GRACE_FACTOR, StorageError, Store, stale_trial_callback
+from .storage import DEFAULT_GRACE_FACTOR, StorageError, Store
 
 __all__ = ["PlainStore", "check_plain", "is_plain", "open_plain", "optuna_storage", "storage_file", "study_names"]
 
@@ -94,13 +94,7 @@ class PlainStore(Store):
                 last = t.datetime_start.timestamp() if t.datetime_start else now
             if now - last <= grace:
                 continue
-            trial_id = self.trial_id(t.number)
-            try:
-                if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:   # finished meanwhile
-                continue
-            stale_trial_callback(self.max_retry)(study, self.storage.get_trial(trial_id))
+            self.requeue(study, t.number, self.max_retry)
 
     def close(self) -> None:
         self.claims.close()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy as sa
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from .claims import Claims, RDBClaims
@@ -411,6 +412,22 @@ class Store:
 
     def end_heartbeat(self, number: int) -> None:
         """Trial ``number`` is told: its heartbeat stops (Optuna's need no clearing)."""
+
+    def retry(self, study: optuna.Study, number: int, max_retry: int) -> None:
+        """Queue failed trial ``number`` again with the same parameters (Optuna's stale-trial
+        callback: up to ``max_retry`` times, the lineage in its system attrs)."""
+        stale_trial_callback(max_retry)(study, self.storage.get_trial(self.trial_id(number)))
+
+    def requeue(self, study: optuna.Study, number: int, max_retry: int) -> bool:
+        """Fail RUNNING trial ``number`` (no fail_reason: the tables call it "lost" and name its
+        retry) and :meth:`retry` it; False, nothing done, when it finished meanwhile."""
+        try:
+            if not self.storage.set_trial_state_values(self.trial_id(number), state=TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        self.retry(study, number, max_retry)
+        return True
 
     def fail_stale_trials(self, study: optuna.Study, spare: set[int] = frozenset()) -> None:
         """Fail (and retry) the RUNNING trials silent for the grace period, but those numbered in

@@ -52,8 +52,7 @@ from .objective import Infeasible, TrialFailed
 from .promotion import Job, find_promotion, pending_promotions, run_promotion
 from .results import TARGET_ATTR, lineage_counts
 from .session import Session
-from .storage import (DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, stale_trial_callback,
-                      storage_errors)
+from .storage import DEFAULT_GRACE_FACTOR, StorageError, is_storage_failure, quiet_optuna, storage_errors
 
 __all__ = ["STORAGE_FAILED", "TARGET_ATTR", "fail_stale_trials", "make_sampler", "quiet_optuna", "run_workers",
            "work"]
@@ -97,10 +96,7 @@ def fail_stale_trials(session: Session) -> None:
         if local:
             alive.add(t.number)
         elif local is False:
-            # no fail_reason: the tables call it "lost" and name its retry, as after a heartbeat
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                store.storage.set_trial_state_values(store.trial_id(t.number), state=TrialState.FAIL)
-                _retry(study, t.number, session.settings.max_retry)
+            store.requeue(study, t.number, session.settings.max_retry)
     store.fail_stale_trials(study, spare=alive)
 
 
@@ -136,11 +132,6 @@ def _take_trial(session: Session) -> tuple[int, bool] | None:
     # fixed parameter, would meet a KeyError)
     study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return trial_id, False
-
-
-def _retry(study: optuna.Study, number: int, max_retry: int) -> None:
-    t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    stale_trial_callback(max_retry)(study, t)
 
 
 def _mib(b) -> str:
@@ -228,7 +219,7 @@ class _Taken:
                 # heartbeat's grace period
                 with contextlib.suppress(Exception):
                     self._end(TrialState.FAIL, {"status": "error", "fail_reason": "the storage failed; re-queued"})
-                    _retry(study, trial.number, self.session.settings.max_retry)
+                    self.session.store.retry(study, trial.number, self.session.settings.max_retry)
                 self.state = "FAIL"
                 raise
             reason = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -242,7 +233,7 @@ class _Taken:
         if self.state is not None:
             return
         self._end(TrialState.FAIL, {"status": "interrupted", "fail_reason": "interrupted (worker stopped); re-queued"})
-        _retry(self.study, self.trial.number, self.session.settings.max_retry)
+        self.session.store.retry(self.study, self.trial.number, self.session.settings.max_retry)
         self.state = "FAIL"
 
     def close(self) -> None:
